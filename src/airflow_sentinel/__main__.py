@@ -1,0 +1,3 @@
+from airflow_sentinel.cli import main
+
+main()

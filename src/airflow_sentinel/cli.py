@@ -1,0 +1,330 @@
+"""The `airflow-sentinel` command. User mistakes end as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from airflow_sentinel import __version__
+from airflow_sentinel.clock import SystemClock
+from airflow_sentinel.config import KEYS, Settings, load_settings
+from airflow_sentinel.config.airflow_cfg import add_sentinel_section, load_airflow_config
+from airflow_sentinel.errors import MetastoreError, NodeIdConflict, SentinelError, UserError
+from airflow_sentinel.metastore import Metastore, open_metastore
+from airflow_sentinel.metastore.base import PAUSED, switchover_flag
+from airflow_sentinel.metastore.urls import password_of
+from airflow_sentinel.status import ClusterState, read_cluster, render_events, render_status
+
+F = TypeVar("F", bound=Callable[..., Any])
+SERVICE = "scheduler"
+EXIT_USAGE = 2
+
+
+def setting_options(func: F) -> F:
+    """One flag per [sentinel] key; a flag given on the command line wins over everything."""
+    for key in reversed(KEYS):
+        option = click.option(
+            f"--{key.name.replace('_', '-')}",
+            key.name,
+            default=None,
+            help=f"{key.help} [airflow.cfg: {key.name}]",
+            metavar=key.kind.upper() if not key.choices else "|".join(key.choices),
+        )
+        func = option(func)
+    return func
+
+
+def settings_from(flags: dict[str, Any]) -> Settings:
+    given = {k.name: flags.pop(k.name, None) for k in KEYS}
+    if given.get("metastore") and password_of(str(given["metastore"])):
+        raise UserError(
+            "--metastore: a password on the command line is visible to every user in the "
+            "process list; set it in airflow.cfg [sentinel] metastore or AIRFLOW__SENTINEL__METASTORE"
+        )
+    return load_settings(given)
+
+
+@contextmanager
+def metastore_for(settings: Settings, op_timeout: float = 10.0) -> Iterator[Metastore]:
+    store = open_metastore(settings.metastore, SystemClock(), op_timeout)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def host_identity() -> str:
+    """Host name plus boot id: two hosts never share it, a restarted host changes it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Keep exactly one Airflow scheduler running across a cluster of master nodes."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"airflow-sentinel {__version__}")
+
+
+@cli.command()
+def init() -> None:
+    """Add a commented [sentinel] section with every key and its default to airflow.cfg."""
+    config = load_airflow_config()
+    if add_sentinel_section(config):
+        click.echo(f"added a [sentinel] section to {config.path}")
+    else:
+        click.echo(f"{config.path} already has a [sentinel] section; nothing changed")
+
+
+@cli.command("test-connection")
+@setting_options
+def test_connection(**flags: Any) -> None:
+    """Connect to the metastore, create its tables if needed, and report the round trip."""
+    settings = settings_from(flags)
+    started = time.perf_counter()
+    with metastore_for(settings) as store:
+        server = store.check()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    click.echo(f"ok: {store.description} ({server}); connect + schema check {elapsed_ms:.0f} ms")
+
+
+@cli.command()
+@setting_options
+def start(**flags: Any) -> None:
+    """Run the controller for this node in the foreground (SIGTERM/SIGINT: stop cleanly)."""
+    from airflow_sentinel.controller.health import JobTableProbe
+    from airflow_sentinel.controller.loop import Controller
+    from airflow_sentinel.logging_setup import configure_logging
+    from airflow_sentinel.process.handle import GuardLauncher
+
+    settings = settings_from(flags)
+    configure_logging(settings.node_id, settings.log_level)
+    host = host_identity()
+    with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
+        refuse_duplicate_node(store, settings, host)
+        probe = None
+        if settings.health_check == "heartbeat":
+            airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
+            probe = JobTableProbe(airflow_db, settings.renew_interval)
+        controller = Controller(settings, store, SystemClock(), GuardLauncher(), host, probe)
+        sys.exit(controller.run())
+
+
+@contextmanager
+def node_lock(settings: Settings) -> Iterator[None]:
+    """One controller per node_id on this host."""
+    path = Path(settings.airflow_home) / f".airflow-sentinel-{settings.node_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NodeIdConflict(
+                f"node_id '{settings.node_id}': another controller on this host already runs it "
+                f"(lock {path})"
+            ) from None
+        yield
+
+
+def refuse_duplicate_node(store: Metastore, settings: Settings, host: str) -> None:
+    for node in store.nodes():
+        if (
+            node.node_id == settings.node_id
+            and node.host != host
+            and node.role != "stopped"
+            and node.last_heartbeat_age_s < settings.lease_ttl
+        ):
+            raise NodeIdConflict(
+                f"node_id '{settings.node_id}' is in use by a live controller on {node.host} "
+                f"(heartbeat {node.last_heartbeat_age_s:.1f}s ago); give each node its own node_id"
+            )
+
+
+def _cluster(settings: Settings) -> ClusterState:
+    with metastore_for(settings) as store:
+        return read_cluster(store, SERVICE, settings.lease_ttl)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+@setting_options
+def status(as_json: bool, **flags: Any) -> None:
+    """Show the active node, the epoch, and every node's role and heartbeat."""
+    state = _cluster(settings_from(flags))
+    if as_json:
+        click.echo(json.dumps(state.to_json(), indent=2))
+    else:
+        render_status(state, Console())
+
+
+@cli.command("is-scheduler-running")
+@setting_options
+def is_scheduler_running(**flags: Any) -> None:
+    """Exit 0 if a live node reports a running scheduler (and name it), 1 if none does."""
+    state = _cluster(settings_from(flags))
+    running = state.running_nodes()
+    if not running:
+        click.echo("no scheduler is running")
+        sys.exit(1)
+    for node in running:
+        click.echo(f"scheduler running on {node.node_id} (pid {node.scheduler_pid})")
+    if len(running) > 1:
+        sys.exit(3)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(1, 10000), help="Events to show."
+)
+@setting_options
+def metadata(as_json: bool, limit: int, **flags: Any) -> None:
+    """Show everything the controllers keep in the metastore: lease, flags, nodes, events."""
+    settings = settings_from(flags)
+    with metastore_for(settings) as store:
+        state = read_cluster(store, SERVICE, settings.lease_ttl)
+        events = store.events(limit)
+    if as_json:
+        payload = {**state.to_json(), "flags": state.flags, "events": [e.__dict__ for e in events]}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    console = Console()
+    render_status(state, console)
+    console.print(f"flags: {state.flags or 'none'}")
+    render_events(events, console)
+
+
+@cli.command("clear-metadata")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@setting_options
+def clear_metadata(yes: bool, **flags: Any) -> None:
+    """Forget nodes, events and flags. The lease and its epoch are kept, so it stays safe."""
+    settings = settings_from(flags)
+    if not yes and not click.confirm(
+        f"clear the node registry, events and flags in {settings.metastore.split('@')[-1]}?"
+    ):
+        raise UserError("not confirmed; nothing was cleared (use --yes to skip the question)")
+    with metastore_for(settings) as store:
+        store.clear()
+    click.echo("cleared nodes, events and flags; the lease (and its epoch) is kept")
+
+
+@cli.command()
+@setting_options
+def pause(**flags: Any) -> None:
+    """Maintenance mode: controllers keep their roles and start or stop nothing."""
+    with metastore_for(settings_from(flags)) as store:
+        store.set_flag(PAUSED, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    click.echo("paused: controllers keep their roles; no scheduler will be started or stopped")
+
+
+@cli.command()
+@setting_options
+def resume(**flags: Any) -> None:
+    """Leave maintenance mode."""
+    with metastore_for(settings_from(flags)) as store:
+        store.set_flag(PAUSED, None)
+    click.echo("resumed")
+
+
+@cli.command()
+@click.option(
+    "--to",
+    "target",
+    default=None,
+    help="Node to hand the scheduler to (default: a healthy standby).",
+)
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds to wait for the new scheduler.",
+)
+@setting_options
+def switchover(target: str | None, timeout: float, **flags: Any) -> None:
+    """Planned handoff of the scheduler to another node, with minimal downtime."""
+    settings = settings_from(flags)
+    with metastore_for(settings) as store:
+        state = read_cluster(store, SERVICE, settings.lease_ttl)
+        if PAUSED in state.flags:
+            raise UserError("the cluster is paused; resume it before a switchover")
+        active = state.active_node
+        if active is None or state.lease is None:
+            raise UserError("no node is active; there is nothing to switch over")
+        chosen = choose_target(state, active, target)
+        store.set_flag(switchover_flag(SERVICE), f"{state.lease.epoch} {chosen}")
+        click.echo(f"switchover requested: {active} -> {chosen}")
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            now = read_cluster(store, SERVICE, settings.lease_ttl)
+            if (
+                any(n.node_id == chosen and n.scheduler_running for n in now.running_nodes())
+                and now.active_node == chosen
+            ):
+                click.echo(f"done: {chosen} runs the scheduler ({time.monotonic() - started:.1f}s)")
+                return
+            time.sleep(0.2)
+    raise SentinelError(
+        f"switchover to {chosen} not confirmed within {timeout:g}s; see `airflow-sentinel status`"
+    )
+
+
+def choose_target(state: ClusterState, active: str, target: str | None) -> str:
+    candidates = [
+        n
+        for n in state.nodes
+        if n.node_id != active and state.alive(n) and n.fit and n.role == "standby"
+    ]
+    if target is not None:
+        known = {n.node_id for n in state.nodes}
+        if target == active:
+            raise UserError(f"--to: {target} is already the active node")
+        if target not in known:
+            raise UserError(
+                f"--to: unknown node '{target}'; known nodes: {', '.join(sorted(known)) or 'none'}"
+            )
+        if target not in {n.node_id for n in candidates}:
+            raise UserError(
+                f"--to: {target} is not a healthy standby (see `airflow-sentinel status`)"
+            )
+        return target
+    if not candidates:
+        raise UserError("no healthy standby to hand the scheduler to")
+    return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"airflow-sentinel: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (MetastoreError, SentinelError) as exc:
+        click.echo(f"airflow-sentinel: error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,179 @@
+"""The `[sentinel]` keys: their types, defaults, documentation and the timing invariants."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: str  # "str", "float", "int", or "choice"
+    default: str  # as written in airflow.cfg; "" means "derived, see help"
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+KEYS: tuple[Key, ...] = (
+    Key("node_id", "str", "", "Name of this node in the cluster. Default: the host name."),
+    Key(
+        "metastore",
+        "str",
+        "",
+        "Where leadership lives: sqlite:///PATH, mysql+pymysql://USER:PASS@HOST/DB (MySQL and "
+        "MariaDB), postgresql+psycopg://USER:PASS@HOST/DB. Default: Airflow's own "
+        "sql_alchemy_conn, in tables of our own (sentinel_*).",
+    ),
+    Key("scheduler_command", "str", "airflow scheduler", "Command that runs the scheduler."),
+    Key(
+        "lease_ttl",
+        "float",
+        "15",
+        "Seconds a standby waits, after it last saw the lease change, before it takes over.",
+    ),
+    Key(
+        "renew_interval",
+        "float",
+        "3",
+        "Seconds between lease renewals (active) and lease checks (standby). "
+        "Must satisfy 3 * renew_interval <= lease_ttl.",
+    ),
+    Key(
+        "stop_timeout",
+        "float",
+        "5",
+        "Seconds a scheduler gets to exit after SIGTERM before it is killed with SIGKILL.",
+    ),
+    Key(
+        "start_timeout",
+        "float",
+        "60",
+        "Seconds a new scheduler has to prove itself: stay alive (health_check = process) or "
+        "write its first heartbeat (health_check = heartbeat). Failing counts as a failed start.",
+    ),
+    Key(
+        "max_restarts",
+        "int",
+        "3",
+        "Failed starts in a row on this node before it steps down for `cooldown` seconds.",
+    ),
+    Key("cooldown", "float", "300", "Seconds a node that stepped down stays unfit to lead."),
+    Key(
+        "health_check",
+        "choice",
+        "process",
+        "process: the scheduler process is alive. heartbeat: alive, and its heartbeat in "
+        "Airflow's job table is younger than heartbeat_grace.",
+        choices=("process", "heartbeat"),
+    ),
+    Key(
+        "heartbeat_grace",
+        "float",
+        "60",
+        "Seconds without a scheduler heartbeat before a running scheduler counts as hung.",
+    ),
+    Key(
+        "stray_action",
+        "choice",
+        "kill",
+        "What to do with a scheduler on this node that the controller did not start: "
+        "kill it, or only report it.",
+        choices=("kill", "report"),
+    ),
+    Key("event_retention", "int", "10000", "Events kept in the metastore's event log."),
+    Key(
+        "log_level",
+        "choice",
+        "INFO",
+        "Log level of the controller.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+)
+
+KEY_NAMES = frozenset(k.name for k in KEYS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_id: str
+    metastore: str
+    scheduler_command: str
+    lease_ttl: float
+    renew_interval: float
+    stop_timeout: float
+    start_timeout: float
+    max_restarts: int
+    cooldown: float
+    health_check: str
+    heartbeat_grace: float
+    stray_action: str
+    event_retention: int
+    log_level: str
+    airflow_home: str
+    airflow_cfg: str
+
+    @property
+    def scheduler_argv(self) -> list[str]:
+        return shlex.split(self.scheduler_command)
+
+    @property
+    def fence_margin(self) -> float:
+        """Seconds between the guard's SIGKILL and the earliest moment another node may lead.
+
+        Covers the kill itself, the guard's wake-up and clock-rate drift between hosts.
+        """
+        return fence_margin(self.lease_ttl)
+
+
+def fence_margin(lease_ttl: float) -> float:
+    return min(1.0, lease_ttl * 0.1)
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(raw)
+    return value
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "float": _parse_float,
+    "int": int,
+}
+
+
+def timing_problems(values: dict[str, Any]) -> list[str]:
+    """The invariants between timing keys that make the fence hold (see README, Safety)."""
+    problems: list[str] = []
+    positive = ("lease_ttl", "renew_interval", "stop_timeout", "start_timeout", "heartbeat_grace")
+    for name in positive:
+        if values[name] <= 0:
+            problems.append(
+                f"{name}: must be a number of seconds greater than 0, got {values[name]}"
+            )
+    if values["cooldown"] < 0:
+        problems.append(f"cooldown: must be 0 or more seconds, got {values['cooldown']}")
+    if values["max_restarts"] < 1:
+        problems.append(
+            f"max_restarts: must be a whole number of 1 or more, got {values['max_restarts']}"
+        )
+    if values["event_retention"] < 100:
+        problems.append(f"event_retention: must be 100 or more, got {values['event_retention']}")
+    if problems:
+        return problems
+    ttl, renew, stop = values["lease_ttl"], values["renew_interval"], values["stop_timeout"]
+    if renew * 3 > ttl:
+        problems.append(
+            f"renew_interval: 3 * renew_interval ({renew * 3:g}) must be <= lease_ttl ({ttl:g})"
+        )
+    budget = 2 * renew + stop + fence_margin(ttl)
+    if budget > ttl:
+        problems.append(
+            f"lease_ttl: must be >= 2 * renew_interval + stop_timeout + fence margin "
+            f"({budget:g}), got {ttl:g}"
+        )
+    return problems

@@ -1,0 +1,1 @@
+"""The failover controller: pure decisions (policy), the scheduler's state machine, the loop."""

@@ -1,0 +1,438 @@
+"""The controller: one cycle reads the store into a snapshot, asks the policy, and acts.
+
+Scheduler exits arrive as events from the guard's pipe and trigger a cycle at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Mapping
+from enum import Enum
+from types import FrameType
+
+import psutil
+
+from airflow_sentinel import __version__
+from airflow_sentinel.clock import Clock
+from airflow_sentinel.config.settings import Settings
+from airflow_sentinel.controller import events as ev
+from airflow_sentinel.controller.health import HeartbeatProbe
+from airflow_sentinel.controller.policy import (
+    Leadership,
+    LeaseStatus,
+    Snapshot,
+    Supervision,
+    Timing,
+    decide_leadership,
+    decide_supervision,
+)
+from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
+from airflow_sentinel.errors import MetastoreError
+from airflow_sentinel.metastore.base import PAUSED, Lease, Metastore, NodeReport, switchover_flag
+from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
+from airflow_sentinel.process.strays import describe, find_strays
+from airflow_sentinel.process.tree import stop_tree
+
+log = logging.getLogger("airflow_sentinel.controller")
+
+SERVICE = "scheduler"
+# Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
+KILL_WAIT = 10.0
+
+
+class Role(str, Enum):
+    ACTIVE = "active"
+    STANDBY = "standby"
+    STOPPED = "stopped"
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Metastore,
+        clock: Clock,
+        launcher: Launcher,
+        host: str,
+        heartbeat_probe: HeartbeatProbe | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.host = host
+        self.timing = Timing.from_settings(settings)
+        self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv)
+        self.probe = heartbeat_probe
+        self.lease: Lease | None = None
+        self.role = Role.STANDBY
+        self.unfit_until = 0.0
+        self.paused = False
+        self.switchover_to: str | None = None
+        self._started_wall = 0.0
+        self._reported_strays: set[int] = set()
+        self._stop_requested = False
+        self._tick_now = True
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention)
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int | None:
+        return self.lease.epoch if self.lease is not None else None
+
+    def _emit(self, kind: str, detail: str = "", level: int = logging.INFO) -> None:
+        self.events.emit(kind, detail, epoch=self.epoch, level=level)
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
+        self._handle_strays()
+        next_tick = self.clock.now()
+        while not self._stop_requested:
+            if self._tick_now or self.clock.now() >= next_tick:
+                self._tick_now = False
+                self.tick()
+                next_tick = self.clock.now() + self.settings.renew_interval
+            self._wait(self._wake_time(next_tick))
+        self.shutdown()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _wake_time(self, next_tick: float) -> float:
+        if self.lease is None:
+            return next_tick
+        return min(next_tick, self.timing.demote_at(self.lease.valid_until))
+
+    def _wait(self, until: float) -> None:
+        timeout = max(0.0, until - self.clock.now())
+        run = self.scheduler.run
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            if run is not None:
+                selector.register(run.fileno(), selectors.EVENT_READ)
+            selector.select(timeout)
+        self._drain_wake()
+        if run is not None:
+            ended = run.poll()
+            if ended is not None:
+                self._on_run_ended(ended)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- one cycle -----------------------------------------------------------------------
+    def tick(self) -> None:
+        flags = self._read_flags()
+        status = self._renew() if self.lease is not None else LeaseStatus.NONE
+        decision = decide_leadership(self._snapshot(status), self.timing)
+        if decision is Leadership.ACQUIRE and self._acquire():
+            status, decision = LeaseStatus.HELD, Leadership.KEEP
+        if decision is Leadership.DEMOTE:
+            self._demote(status)
+        elif decision is Leadership.STEP_DOWN:
+            self._step_down()
+        elif decision is Leadership.HAND_OVER:
+            self._hand_over(flags)
+        elif decision is Leadership.KEEP:
+            self._supervise(self._snapshot(status))
+        self._handle_strays()
+        self._heartbeat()
+
+    def _read_flags(self) -> dict[str, str]:
+        try:
+            flags = self.store.flags()
+        except MetastoreError as exc:
+            log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
+            return {}
+        paused = PAUSED in flags
+        if paused != self.paused:
+            log.info("cluster %s", "paused" if paused else "resumed", extra={"epoch": self.epoch})
+        self.paused = paused
+        self.switchover_to = self._switchover_target(flags)
+        return flags
+
+    def _switchover_target(self, flags: Mapping[str, str]) -> str | None:
+        raw = flags.get(switchover_flag(SERVICE))
+        if raw is None or self.lease is None:
+            return None
+        epoch, _, target = raw.partition(" ")
+        if epoch != str(self.lease.epoch):
+            return None  # addressed to an earlier holder; the CLI will time out and say so
+        return target or None
+
+    def _snapshot(self, status: LeaseStatus) -> Snapshot:
+        now = self.clock.now()
+        return Snapshot(
+            now=now,
+            lease=status,
+            valid_until=self.lease.valid_until if self.lease is not None else None,
+            paused=self.paused,
+            fit=now >= self.unfit_until,
+            switchover_requested=self.switchover_to is not None,
+            failed_starts=self.scheduler.failed_starts,
+            run=self.scheduler.view(),
+            heartbeat_age=self._heartbeat_age(),
+        )
+
+    def _heartbeat_age(self) -> float | None:
+        if self.probe is None or not self.scheduler.active:
+            return None
+        return self.probe.age(self._started_wall, self.clock.wall())
+
+    # -- lease ---------------------------------------------------------------------------
+    def _renew(self) -> LeaseStatus:
+        assert self.lease is not None
+        try:
+            renewed = self.store.renew(self.lease, self.settings.lease_ttl)
+        except MetastoreError as exc:
+            left = self.lease.valid_until - self.clock.now()
+            log.warning(
+                "cannot renew (%.1fs of lease left): %s", left, exc, extra={"epoch": self.epoch}
+            )
+            return LeaseStatus.UNREACHABLE
+        if renewed is None:
+            return LeaseStatus.LOST
+        self.lease = renewed
+        self.scheduler.extend(self.timing.fence_at(renewed.valid_until))
+        return LeaseStatus.HELD
+
+    def _acquire(self) -> bool:
+        try:
+            lease = self.store.try_acquire(SERVICE, self.settings.node_id, self.settings.lease_ttl)
+        except MetastoreError as exc:
+            log.warning("cannot check the lease: %s", exc, extra={"epoch": None})
+            return False
+        if lease is None:
+            return False
+        self.lease = lease
+        self.role = Role.ACTIVE
+        self._emit(ev.BECAME_ACTIVE, "holds the scheduler lease")
+        return True
+
+    def _become_standby(self) -> None:
+        self.lease = None
+        self.role = Role.STANDBY
+        self.scheduler.failed_starts = 0
+
+    def _release(self) -> None:
+        if self.lease is None:
+            return
+        try:
+            self.store.release(self.lease)
+        except MetastoreError as exc:
+            log.warning("cannot release the lease: %s", exc, extra={"epoch": self.epoch})
+
+    def _stop_scheduler(self) -> bool:
+        """Stop gracefully within the fence; True when the scheduler is known dead."""
+        if not self.scheduler.active:
+            return True
+        grace = self.settings.stop_timeout
+        if self.lease is not None:
+            grace = min(
+                grace, max(0.0, self.timing.fence_at(self.lease.valid_until) - self.clock.now())
+            )
+        ended = self.scheduler.stop_and_wait(grace, grace + KILL_WAIT)
+        if ended is None:
+            self._emit(ev.ERROR, "scheduler did not die after SIGKILL", level=logging.ERROR)
+            return False
+        self._report_end(ended)
+        return True
+
+    def _demote(self, status: LeaseStatus) -> None:
+        why = (
+            "lease lost to another node"
+            if status is LeaseStatus.LOST
+            else "lease could not be renewed in time"
+        )
+        dead = self._stop_scheduler()
+        self._emit(ev.DEMOTED, why, level=logging.WARNING)
+        if dead and status is not LeaseStatus.LOST:
+            self._release()
+        self._become_standby()
+
+    def _step_down(self) -> None:
+        dead = self._stop_scheduler()
+        self.unfit_until = self.clock.now() + self.settings.cooldown
+        self._emit(
+            ev.STEPPED_DOWN,
+            f"{self.scheduler.failed_starts} failed starts; unfit for {self.settings.cooldown:g}s",
+            level=logging.ERROR,
+        )
+        if dead:
+            self._release()
+        self._become_standby()
+
+    def _hand_over(self, flags: Mapping[str, str]) -> None:
+        target = self.switchover_to
+        assert self.lease is not None and target is not None
+        if target == self.settings.node_id:
+            self._clear_switchover()
+            return
+        if not self._stop_scheduler():
+            return
+        try:
+            moved = self.store.transfer(self.lease, target)
+        except MetastoreError as exc:
+            log.warning("switchover failed: %s", exc, extra={"epoch": self.epoch})
+            return
+        self._emit(ev.HANDED_OVER, f"to {target}" if moved else f"to {target} failed: lease lost")
+        self._clear_switchover()
+        self._become_standby()
+
+    def _clear_switchover(self) -> None:
+        try:
+            self.store.set_flag(switchover_flag(SERVICE), None)
+        except MetastoreError as exc:
+            log.warning("cannot clear the switchover request: %s", exc, extra={"epoch": self.epoch})
+        self.switchover_to = None
+
+    # -- scheduler -----------------------------------------------------------------------
+    def _supervise(self, snapshot: Snapshot) -> None:
+        action = decide_supervision(snapshot, self.timing)
+        grace = self.settings.stop_timeout
+        if action is Supervision.START:
+            self._start_scheduler()
+        elif action is Supervision.PROVEN:
+            self.scheduler.proven()
+            log.info("scheduler healthy", extra={"epoch": self.epoch})
+        elif action is Supervision.FAILED_START:
+            self._emit(
+                ev.SCHEDULER_RESTARTED,
+                f"not healthy within {self.settings.start_timeout:g}s",
+                logging.WARNING,
+            )
+            self.scheduler.stop(grace)
+        elif action is Supervision.HUNG:
+            self._emit(
+                ev.SCHEDULER_RESTARTED,
+                f"heartbeat older than {self.settings.heartbeat_grace:g}s",
+                logging.WARNING,
+            )
+            self.scheduler.stop(grace)
+
+    def _scheduler_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[MARKER_ENV] = self.settings.node_id
+        env[EPOCH_ENV] = str(self.epoch)
+        return env
+
+    def _start_scheduler(self) -> None:
+        assert self.lease is not None
+        if self._handle_strays(before_start=True):
+            return  # a stray still runs here; never start a second scheduler beside it
+        fence_at = self.timing.fence_at(self.lease.valid_until)
+        now = self.clock.now()
+        try:
+            self.scheduler.start(self._scheduler_env(), fence_at, self.settings.stop_timeout, now)
+        except OSError as exc:
+            self._emit(ev.ERROR, f"cannot start the scheduler: {exc.strerror}", logging.ERROR)
+            return
+        self._started_wall = self.clock.wall()
+        self._emit(ev.SCHEDULER_STARTED, " ".join(self.settings.scheduler_argv)[:200])
+
+    def _on_run_ended(self, ended: RunEnded) -> None:
+        was = self.scheduler.state
+        failed = self.scheduler.ended(ended)
+        self._report_end(ended, was, failed)
+        self._tick_now = True  # restart at once, not on the next poll
+
+    def _report_end(
+        self, ended: RunEnded, was: RunState | None = None, failed: bool = False
+    ) -> None:
+        if ended.outcome == "fenced":
+            self._emit(
+                ev.SCHEDULER_FENCED, "killed by the guard: lease deadline passed", logging.ERROR
+            )
+            return
+        expected = was is None or was is RunState.STOPPING
+        level = logging.INFO if expected else logging.WARNING
+        detail = f"{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
+        self._emit(ev.SCHEDULER_EXITED, detail, level)
+
+    # -- strays --------------------------------------------------------------------------
+    def _own_pids(self) -> set[int]:
+        run = self.scheduler.run
+        guard_pid = getattr(run, "guard_pid", None)
+        if guard_pid is None:
+            return set()
+        try:
+            return {guard_pid, *(p.pid for p in psutil.Process(guard_pid).children(recursive=True))}
+        except psutil.Error:
+            return {guard_pid}
+
+    def _handle_strays(self, before_start: bool = False) -> bool:
+        """Stop (or report) schedulers here that we did not start; True if one still runs."""
+        strays = find_strays(self.settings.scheduler_argv, self.settings.node_id, self._own_pids())
+        kill = self.settings.stray_action == "kill" and not self.paused  # paused: report only
+        remaining = False
+        for proc in strays:
+            found = describe(proc)
+            if not kill:
+                remaining = True
+                if found.pid not in self._reported_strays:
+                    self._reported_strays.add(found.pid)
+                    self._emit(ev.STRAY_FOUND, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
+                continue
+            gone = stop_tree(proc, self.settings.stop_timeout)
+            remaining = remaining or not gone
+            self._emit(ev.STRAY_KILLED, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
+        return remaining
+
+    # -- registry ------------------------------------------------------------------------
+    def _heartbeat(self, role: Role | None = None) -> None:
+        view = self.scheduler.view()
+        report = NodeReport(
+            node_id=self.settings.node_id,
+            host=self.host,
+            role=(role or self.role).value,
+            scheduler_running=view.state
+            in (RunState.STARTING, RunState.RUNNING, RunState.STOPPING),
+            scheduler_pid=view.pid,
+            fit=self.clock.now() >= self.unfit_until,
+            version=__version__,
+            epoch=self.epoch,
+        )
+        try:
+            self.store.heartbeat(report)
+        except MetastoreError as exc:
+            log.warning("heartbeat not recorded: %s", exc, extra={"epoch": self.epoch})
+
+    # -- shutdown ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        dead = self._stop_scheduler()
+        if dead and self.lease is not None:
+            self._release()
+            self._emit(ev.CONTROLLER_STOPPED, "lease released")
+        else:
+            self._emit(ev.CONTROLLER_STOPPED, "")
+        self.lease = None
+        self.role = Role.STOPPED
+        self._heartbeat(Role.STOPPED)

@@ -1,0 +1,172 @@
+"""The metastore contract. Every backend (SQL, ZooKeeper) implements exactly this.
+
+Rules every backend follows:
+
+* Losing a race is a return value (``None`` or ``False``); an unreachable or failing store
+  raises :class:`~airflow_sentinel.errors.MetastoreError`. The controller treats the two
+  differently: a lost lease demotes at once; a store error demotes only when the lease's
+  local validity runs out.
+* The lease changes hands only by compare-and-set. ``epoch`` grows by at least one every
+  time the lease is acquired and never goes backwards: it is the fencing token.
+* ``Lease.valid_until`` is on the caller's clock (``Clock.now()``). The backend guarantees
+  that no other node can acquire the lease before that instant, as long as clock *rates*
+  agree to within the fence margin. Host clocks need not agree on the time of day.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease this node holds."""
+
+    service: str
+    holder: str
+    epoch: int
+    valid_until: float
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The lease as any node reads it."""
+
+    service: str
+    holder: str | None
+    epoch: int
+    version: int
+    ttl: float
+    age_s: float | None  # seconds since its last change, on the store's clock; display only
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a controller reports about itself with every heartbeat."""
+
+    node_id: str
+    host: str
+    role: str
+    scheduler_running: bool
+    scheduler_pid: int | None
+    fit: bool
+    version: str
+    epoch: int | None
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    host: str
+    role: str
+    scheduler_running: bool
+    scheduler_pid: int | None
+    fit: bool
+    version: str
+    epoch: int | None
+    last_heartbeat_age_s: float
+
+
+@dataclass(frozen=True)
+class Event:
+    node_id: str
+    service: str
+    kind: str
+    detail: str = ""
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    age_s: float
+    node_id: str
+    service: str
+    kind: str
+    detail: str
+    epoch: int | None
+
+
+PAUSED = "paused"
+
+
+def switchover_flag(service: str) -> str:
+    return f"switchover:{service}"
+
+
+class Metastore(ABC):
+    """Leadership, node registry, event log and cluster flags."""
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Where this metastore is, with any password masked."""
+
+    @abstractmethod
+    def ensure_schema(self) -> None:
+        """Create what the backend needs; safe when several nodes do it at once."""
+
+    @abstractmethod
+    def check(self) -> str:
+        """Round-trip to the store; returns its server description. Raises if unreachable."""
+
+    # -- lease ---------------------------------------------------------------------------
+    @abstractmethod
+    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
+        """Take the lease if it is free, expired, or already recorded as ours.
+
+        ``None`` means another node holds it (or may still hold it). ``ttl`` is this node's
+        promise to other nodes: they wait that long after the lease last changed.
+        """
+
+    @abstractmethod
+    def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a held lease. ``None``: it is no longer ours (someone else's or released)."""
+
+    @abstractmethod
+    def release(self, lease: Lease) -> bool:
+        """Give the lease up so a standby may take it at once. Call only with nothing running."""
+
+    @abstractmethod
+    def transfer(self, lease: Lease, to_node: str) -> bool:
+        """Hand the lease to ``to_node`` (planned switchover). Call only with nothing running."""
+
+    @abstractmethod
+    def read_lease(self, service: str) -> LeaseRecord | None:
+        """The lease as it stands, or None if it was never taken."""
+
+    # -- node registry -------------------------------------------------------------------
+    @abstractmethod
+    def heartbeat(self, report: NodeReport) -> None:
+        """Insert or update this node's row."""
+
+    @abstractmethod
+    def nodes(self) -> list[NodeRecord]:
+        """Every registered node, sorted by node_id."""
+
+    # -- events --------------------------------------------------------------------------
+    @abstractmethod
+    def record_event(self, event: Event, retention: int) -> None:
+        """Append to the event log, keeping at most about ``retention`` events."""
+
+    @abstractmethod
+    def events(self, limit: int) -> list[EventRecord]:
+        """The newest ``limit`` events, newest first."""
+
+    # -- cluster flags -------------------------------------------------------------------
+    @abstractmethod
+    def set_flag(self, name: str, value: str | None) -> None:
+        """Set a cluster-wide flag; ``None`` clears it."""
+
+    @abstractmethod
+    def flags(self) -> dict[str, str]:
+        """Every flag that is set."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget nodes, events and flags. Leases stay, so epochs never go backwards."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,402 @@
+"""SQL metastore (SQLite, MySQL/MariaDB, PostgreSQL) on SQLAlchemy 2 Core.
+
+Expiry is judged on *locally observed time*: a standby records when it first saw the lease
+row in its current state (holder, epoch, version) on its own monotonic clock, and may take
+the lease over only when that state has stayed unchanged for the holder's ``ttl``. Every
+renewal changes ``version``. No host compares its time of day with another's, so skewed
+clocks cannot produce two holders; only clock *rates* matter, and the fence margin covers
+their drift. The store's own clock is used for display (ages in ``status``) only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from airflow_sentinel.clock import Clock
+from airflow_sentinel.errors import MetastoreError
+from airflow_sentinel.metastore.base import (
+    Event,
+    EventRecord,
+    Lease,
+    LeaseRecord,
+    Metastore,
+    NodeRecord,
+    NodeReport,
+)
+from airflow_sentinel.metastore.urls import mask, scrub
+
+
+metadata = sa.MetaData()
+
+lease_table = sa.Table(
+    "sentinel_lease",
+    metadata,
+    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("ttl", sa.Double, nullable=False),
+    sa.Column("changed_at", sa.Double, nullable=False),
+)
+
+node_table = sa.Table(
+    "sentinel_node",
+    metadata,
+    sa.Column("node_id", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("scheduler_running", sa.Boolean, nullable=False),
+    sa.Column("scheduler_pid", sa.Integer, nullable=True),
+    sa.Column("fit", sa.Boolean, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=True),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+)
+
+event_table = sa.Table(
+    "sentinel_event",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("node_id", sa.String(255), nullable=False),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("detail", sa.String(1000), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=True),
+)
+
+flag_table = sa.Table(
+    "sentinel_flag",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", sa.String(1000), nullable=False),
+)
+
+PRUNE_EVERY = 50
+
+
+@dataclass(frozen=True)
+class _Observation:
+    state: tuple[str | None, int, int]
+    since: float
+
+
+def _server_now(dialect: str) -> sa.ColumnElement[Any]:
+    """Seconds since the epoch on the database server's clock (display only)."""
+    expression = {
+        "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+        "mysql": "UNIX_TIMESTAMP(NOW(6))",
+        "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())",
+    }[dialect]
+    return sa.cast(sa.literal_column(expression), sa.Double)
+
+
+def create_sql_engine(url: str, op_timeout: float) -> Engine:
+    parsed = make_url(url)
+    seconds = max(1, round(op_timeout))
+    connect_args: dict[str, Any] = {}
+    if parsed.drivername == "sqlite":
+        _create_private_sqlite_file(parsed.database or "")
+        connect_args["timeout"] = op_timeout
+    elif parsed.drivername.startswith("mysql"):
+        connect_args.update(connect_timeout=seconds, read_timeout=seconds, write_timeout=seconds)
+    else:
+        connect_args.update(connect_timeout=max(2, seconds), tcp_user_timeout=seconds * 1000)
+    engine = sa.create_engine(
+        url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300, future=True
+    )
+    _set_session_timeouts(engine, parsed.drivername, seconds)
+    return engine
+
+
+def _create_private_sqlite_file(path: str) -> None:
+    if path and not Path(path).exists():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _set_session_timeouts(engine: Engine, driver: str, seconds: int) -> None:
+    if driver == "sqlite":
+        return
+    statement = (
+        f"SET SESSION innodb_lock_wait_timeout = {seconds}"
+        if driver.startswith("mysql")
+        else f"SET statement_timeout = {seconds * 1000}"
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(statement)
+        cursor.close()
+        if driver.startswith("postgresql"):
+            dbapi_connection.commit()
+
+
+class SqlMetastore(Metastore):
+    def __init__(self, url: str, clock: Clock, op_timeout: float = 10.0) -> None:
+        self._url = url
+        self._clock = clock
+        self._engine = create_sql_engine(url, op_timeout)
+        self._dialect = self._engine.dialect.name
+        self._observed: dict[str, _Observation] = {}
+        self._events_written = 0
+
+    @property
+    def description(self) -> str:
+        return mask(self._url)
+
+    # -- plumbing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise MetastoreError(self._explain(exc)) from None
+
+    def _explain(self, exc: SQLAlchemyError) -> str:
+        original = getattr(exc, "orig", None) or exc
+        first_line = (str(original).strip().splitlines() or [type(original).__name__])[0]
+        return scrub(f"metastore {self.description}: {first_line}", self._url)
+
+    def _now(self) -> sa.ColumnElement[Any]:
+        return _server_now(self._dialect)
+
+    def ensure_schema(self) -> None:
+        # Several nodes may start at once: a CREATE that lost the race fails, and the next
+        # checkfirst pass sees the table the winner made.
+        for attempt in range(5):
+            try:
+                metadata.create_all(self._engine, checkfirst=True)
+                return
+            except DBAPIError as exc:
+                if attempt == 4:
+                    raise MetastoreError(self._explain(exc)) from None
+            except SQLAlchemyError as exc:
+                raise MetastoreError(self._explain(exc)) from None
+
+    def check(self) -> str:
+        with self._tx() as conn:
+            if self._dialect == "sqlite":
+                version = conn.execute(sa.text("select sqlite_version()")).scalar_one()
+                return f"SQLite {version}"
+            version = conn.execute(sa.text("select version()")).scalar_one()
+            name = "PostgreSQL" if self._dialect == "postgresql" else "MySQL/MariaDB"
+            return f"{name} {str(version).split(' on ')[0]}"
+
+    # -- lease ---------------------------------------------------------------------------
+    def _read_lease_row(self, conn: Connection, service: str) -> sa.Row[Any] | None:
+        query = sa.select(
+            lease_table.c.holder,
+            lease_table.c.epoch,
+            lease_table.c.version,
+            lease_table.c.ttl,
+            (self._now() - lease_table.c.changed_at).label("age"),
+        ).where(lease_table.c.service == service)
+        return conn.execute(query).one_or_none()
+
+    def _ensure_lease_row(self, service: str) -> None:
+        try:
+            with self._engine.begin() as conn:
+                if self._read_lease_row(conn, service) is None:
+                    conn.execute(
+                        lease_table.insert().values(
+                            service=service,
+                            holder=None,
+                            epoch=0,
+                            version=0,
+                            ttl=0.0,
+                            changed_at=self._now(),
+                        )
+                    )
+        except IntegrityError:
+            pass  # another node inserted it first
+        except SQLAlchemyError as exc:
+            raise MetastoreError(self._explain(exc)) from None
+
+    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
+        with self._tx() as conn:
+            row = self._read_lease_row(conn, service)
+        if row is None:
+            self._ensure_lease_row(service)
+            with self._tx() as conn:
+                row = self._read_lease_row(conn, service)
+            if row is None:
+                raise MetastoreError(f"metastore {self.description}: lease row vanished")
+        seen_at = self._clock.now()
+        if not self._may_take(service, row, node_id, seen_at):
+            return None
+        sent = self._clock.now()
+        with self._tx() as conn:
+            result = conn.execute(
+                lease_table.update()
+                .where(lease_table.c.service == service, lease_table.c.version == row.version)
+                .values(
+                    holder=node_id,
+                    epoch=lease_table.c.epoch + 1,
+                    version=lease_table.c.version + 1,
+                    ttl=ttl,
+                    changed_at=self._now(),
+                )
+            )
+        if result.rowcount != 1:
+            return None
+        self._observed.pop(service, None)
+        return Lease(service, node_id, row.epoch + 1, valid_until=sent + ttl)
+
+    def _may_take(self, service: str, row: sa.Row[Any], node_id: str, seen_at: float) -> bool:
+        if row.holder is None or row.holder == node_id:
+            return True
+        state = (row.holder, int(row.epoch), int(row.version))
+        seen = self._observed.get(service)
+        if seen is None or seen.state != state:
+            self._observed[service] = _Observation(state, seen_at)
+            return False
+        return seen_at - seen.since >= float(row.ttl)
+
+    def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        sent = self._clock.now()
+        changed = self._update_held(
+            lease, version=lease_table.c.version + 1, ttl=ttl, changed_at=self._now()
+        )
+        return Lease(lease.service, lease.holder, lease.epoch, sent + ttl) if changed else None
+
+    def release(self, lease: Lease) -> bool:
+        return self._update_held(
+            lease, holder=None, version=lease_table.c.version + 1, changed_at=self._now()
+        )
+
+    def transfer(self, lease: Lease, to_node: str) -> bool:
+        return self._update_held(
+            lease,
+            holder=to_node,
+            epoch=lease_table.c.epoch + 1,
+            version=lease_table.c.version + 1,
+            changed_at=self._now(),
+        )
+
+    def _update_held(self, lease: Lease, **values: Any) -> bool:
+        with self._tx() as conn:
+            result = conn.execute(
+                lease_table.update()
+                .where(
+                    lease_table.c.service == lease.service,
+                    lease_table.c.holder == lease.holder,
+                    lease_table.c.epoch == lease.epoch,
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    def read_lease(self, service: str) -> LeaseRecord | None:
+        with self._tx() as conn:
+            row = self._read_lease_row(conn, service)
+        if row is None:
+            return None
+        return LeaseRecord(
+            service, row.holder, int(row.epoch), int(row.version), float(row.ttl), float(row.age)
+        )
+
+    # -- node registry -------------------------------------------------------------------
+    def heartbeat(self, report: NodeReport) -> None:
+        values = {
+            "host": report.host,
+            "role": report.role,
+            "scheduler_running": report.scheduler_running,
+            "scheduler_pid": report.scheduler_pid,
+            "fit": report.fit,
+            "version": report.version,
+            "epoch": report.epoch,
+            "heartbeat_at": self._now(),
+        }
+        update = node_table.update().where(node_table.c.node_id == report.node_id).values(values)
+        with self._tx() as conn:
+            if conn.execute(update).rowcount == 1:
+                return
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(node_table.insert().values(node_id=report.node_id, **values))
+        except IntegrityError:
+            with self._tx() as conn:
+                conn.execute(update)
+        except SQLAlchemyError as exc:
+            raise MetastoreError(self._explain(exc)) from None
+
+    def nodes(self) -> list[NodeRecord]:
+        age = (self._now() - node_table.c.heartbeat_at).label("age")
+        query = sa.select(node_table, age).order_by(node_table.c.node_id)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [
+            NodeRecord(
+                node_id=r.node_id,
+                host=r.host,
+                role=r.role,
+                scheduler_running=bool(r.scheduler_running),
+                scheduler_pid=r.scheduler_pid,
+                fit=bool(r.fit),
+                version=r.version,
+                epoch=r.epoch,
+                last_heartbeat_age_s=max(0.0, float(r.age)),
+            )
+            for r in rows
+        ]
+
+    # -- events --------------------------------------------------------------------------
+    def record_event(self, event: Event, retention: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                event_table.insert().values(
+                    at=self._now(),
+                    node_id=event.node_id,
+                    service=event.service,
+                    kind=event.kind,
+                    detail=event.detail[:1000],
+                    epoch=event.epoch,
+                )
+            )
+            self._events_written += 1
+            if self._events_written % PRUNE_EVERY == 1:
+                newest = conn.execute(sa.select(sa.func.max(event_table.c.id))).scalar_one()
+                conn.execute(event_table.delete().where(event_table.c.id <= newest - retention))
+
+    def events(self, limit: int) -> list[EventRecord]:
+        age = (self._now() - event_table.c.at).label("age")
+        query = sa.select(event_table, age).order_by(event_table.c.id.desc()).limit(limit)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [
+            EventRecord(
+                r.id, max(0.0, float(r.age)), r.node_id, r.service, r.kind, r.detail, r.epoch
+            )
+            for r in rows
+        ]
+
+    # -- flags ---------------------------------------------------------------------------
+    def set_flag(self, name: str, value: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(flag_table.delete().where(flag_table.c.name == name))
+            if value is not None:
+                conn.execute(flag_table.insert().values(name=name, value=value))
+
+    def flags(self) -> dict[str, str]:
+        with self._tx() as conn:
+            return {r.name: r.value for r in conn.execute(sa.select(flag_table))}
+
+    def clear(self) -> None:
+        with self._tx() as conn:
+            for table in (event_table, node_table, flag_table):
+                conn.execute(table.delete())
+
+    def close(self) -> None:
+        self._engine.dispose()

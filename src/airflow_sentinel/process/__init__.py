@@ -1,0 +1,1 @@
+"""Process handling: the guard (fence) process, the handle the controller holds, strays."""

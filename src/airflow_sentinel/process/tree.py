@@ -1,0 +1,52 @@
+"""Signalling process trees and waiting until they are really gone (zombies count as gone)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterable
+
+import psutil
+
+from airflow_sentinel.clock import boottime
+
+
+def is_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(
+    procs: Iterable[psutil.Process], timeout: float, on_tick: Callable[[], None] | None = None
+) -> list[psutil.Process]:
+    """Wait up to ``timeout`` for every process to die; returns the survivors."""
+    alive = [p for p in procs if is_alive(p)]
+    give_up = boottime() + timeout
+    while alive and boottime() < give_up:
+        if on_tick is not None:
+            on_tick()
+        psutil.wait_procs(alive, timeout=0.05)
+        alive = [p for p in alive if is_alive(p)]
+    return alive
+
+
+def stop_tree(proc: psutil.Process, grace: float) -> bool:
+    """SIGTERM a process; after ``grace`` SIGKILL it and every descendant. True if all died."""
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return True
+    send(proc.pid, signal.SIGTERM)
+    wait_gone([proc], grace)
+    for member in tree:
+        send(member.pid, signal.SIGKILL)
+    return not wait_gone(tree, 5.0)
