@@ -49,7 +49,8 @@ def settings_from(flags: dict[str, Any]) -> Settings:
     if given.get("metastore") and password_of(str(given["metastore"])):
         raise UserError(
             "--metastore: a password on the command line is visible to every user in the "
-            "process list; set it in airflow.cfg [sentinel] metastore or AIRFLOW__SENTINEL__METASTORE"
+            "process list; set it in airflow.cfg [sentinel] metastore or "
+            "AIRFLOW__SENTINEL__METASTORE"
         )
     return load_settings(given)
 

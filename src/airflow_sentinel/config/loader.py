@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow_sentinel.config.airflow_cfg import load_airflow_config
+from airflow_sentinel.config.airflow_cfg import AirflowConfig, load_airflow_config
 from airflow_sentinel.config.settings import (
     KEY_NAMES,
     KEYS,
@@ -29,28 +29,9 @@ def load_settings(
     airflow_home: Path | None = None,
 ) -> Settings:
     """Defaults < airflow.cfg [sentinel] < AIRFLOW__SENTINEL__* < flags (None = not given)."""
-    environ = os.environ if environ is None else environ
     cfg = load_airflow_config(airflow_home)
     problems: list[str] = []
-    raw: dict[str, tuple[str, str]] = {}  # key -> (value, where it came from)
-
-    for name, value in cfg.sentinel_items().items():
-        if name not in KEY_NAMES:
-            problems.append(_unknown(name, f"[sentinel] in {cfg.path}"))
-            continue
-        raw[name] = (value, f"[sentinel] {name}")
-    for env_name, value in environ.items():
-        if not env_name.startswith(ENV_PREFIX):
-            continue
-        name = env_name[len(ENV_PREFIX) :].lower()
-        if name not in KEY_NAMES:
-            problems.append(_unknown(name, env_name))
-            continue
-        raw[name] = (value, env_name)
-    for name, value in (flags or {}).items():
-        if value is not None:
-            raw[name] = (str(value), f"--{name.replace('_', '-')}")
-
+    raw = _layered_values(cfg, os.environ if environ is None else environ, flags or {}, problems)
     values: dict[str, Any] = {}
     for key in KEYS:
         value, origin = raw.get(key.name, (key.default, key.name))
@@ -59,22 +40,55 @@ def load_settings(
             values[key.name] = parsed
     if problems:
         raise ConfigError(problems)
-
     values["node_id"] = values["node_id"] or socket.gethostname()
-    metastore_origin = raw.get("metastore", ("", "metastore"))[1]
-    metastore = values["metastore"] or cfg.sql_alchemy_conn()
-    if not values["metastore"]:
-        metastore_origin = "metastore (from Airflow's sql_alchemy_conn)"
-    try:
-        values["metastore"] = normalize_metastore_url(metastore)
-    except ValueError as exc:
-        problems.append(f"{metastore_origin}: {exc}")
+    values["metastore"] = _metastore(values["metastore"], raw, cfg, problems)
     if not values["scheduler_command"].strip():
         problems.append("scheduler_command: must not be empty")
     problems.extend(timing_problems(values))
     if problems:
         raise ConfigError(problems)
     return Settings(**values, airflow_home=str(cfg.home), airflow_cfg=str(cfg.path))
+
+
+def _layered_values(
+    cfg: AirflowConfig,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any],
+    problems: list[str],
+) -> dict[str, tuple[str, str]]:
+    """Each given key's raw value and where it came from; later layers win."""
+    raw: dict[str, tuple[str, str]] = {}
+    for name, value in cfg.sentinel_items().items():
+        if name in KEY_NAMES:
+            raw[name] = (value, f"[sentinel] {name}")
+        else:
+            problems.append(_unknown(name, f"[sentinel] in {cfg.path}"))
+    for env_name, value in environ.items():
+        if not env_name.startswith(ENV_PREFIX):
+            continue
+        name = env_name[len(ENV_PREFIX) :].lower()
+        if name in KEY_NAMES:
+            raw[name] = (value, env_name)
+        else:
+            problems.append(_unknown(name, env_name))
+    for name, value in flags.items():
+        if value is not None:
+            raw[name] = (str(value), f"--{name.replace('_', '-')}")
+    return raw
+
+
+def _metastore(
+    given: str, raw: dict[str, tuple[str, str]], cfg: AirflowConfig, problems: list[str]
+) -> str:
+    if given:
+        url, origin = given, raw["metastore"][1]
+    else:
+        url, origin = cfg.sql_alchemy_conn(), "metastore (Airflow's sql_alchemy_conn)"
+    try:
+        return normalize_metastore_url(url)
+    except ValueError as exc:
+        problems.append(f"{origin}: {exc}")
+        return url
 
 
 def _unknown(name: str, where: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ def fence_margin(lease_ttl: float) -> float:
 
 def _parse_float(raw: str) -> float:
     value = float(raw)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(raw)
     return value
 

@@ -5,6 +5,7 @@ Scheduler exits arrive as events from the guard's pipe and trigger a cycle at on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -94,10 +95,8 @@ class Controller:
         self.wake()
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # full buffer: a wake-up is pending anyway
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:

@@ -112,10 +112,10 @@ def decide_supervision(s: Snapshot, t: Timing) -> Supervision:
             return Supervision.PROVEN
         if s.now - run.started_at >= t.start_timeout:
             return Supervision.FAILED_START
-    if run.state is RunState.RUNNING and t.heartbeat_mode:
-        # An unknown age (Airflow's database did not answer) is not proof of a hang.
-        if s.heartbeat_age is not None and s.heartbeat_age > t.heartbeat_grace:
-            return Supervision.HUNG
+    # An unknown age (Airflow's database did not answer) is not proof of a hang.
+    stale = s.heartbeat_age is not None and s.heartbeat_age > t.heartbeat_grace
+    if run.state is RunState.RUNNING and t.heartbeat_mode and stale:
+        return Supervision.HUNG
     return Supervision.NOTHING
 
 

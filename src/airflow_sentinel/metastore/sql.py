@@ -34,7 +34,6 @@ from airflow_sentinel.metastore.base import (
 )
 from airflow_sentinel.metastore.urls import mask, scrub
 
-
 metadata = sa.MetaData()
 
 lease_table = sa.Table(
@@ -178,12 +177,13 @@ class SqlMetastore(Metastore):
         for attempt in range(5):
             try:
                 metadata.create_all(self._engine, checkfirst=True)
-                return
             except DBAPIError as exc:
                 if attempt == 4:
                     raise MetastoreError(self._explain(exc)) from None
             except SQLAlchemyError as exc:
                 raise MetastoreError(self._explain(exc)) from None
+            else:
+                return
 
     def check(self) -> str:
         with self._tx() as conn:
@@ -195,7 +195,7 @@ class SqlMetastore(Metastore):
             return f"{name} {str(version).split(' on ')[0]}"
 
     # -- lease ---------------------------------------------------------------------------
-    def _read_lease_row(self, conn: Connection, service: str) -> sa.Row[Any] | None:
+    def _read_lease_row(self, conn: Connection, service: str) -> Any:
         query = sa.select(
             lease_table.c.holder,
             lease_table.c.epoch,
@@ -254,7 +254,7 @@ class SqlMetastore(Metastore):
         self._observed.pop(service, None)
         return Lease(service, node_id, row.epoch + 1, valid_until=sent + ttl)
 
-    def _may_take(self, service: str, row: sa.Row[Any], node_id: str, seen_at: float) -> bool:
+    def _may_take(self, service: str, row: Any, node_id: str, seen_at: float) -> bool:
         if row.holder is None or row.holder == node_id:
             return True
         state = (row.holder, int(row.epoch), int(row.version))
