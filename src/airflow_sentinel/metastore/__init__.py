@@ -7,6 +7,7 @@ from sqlalchemy.engine import make_url
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore.base import Metastore
+from airflow_sentinel.metastore.urls import mask
 
 
 def open_metastore(url: str, clock: Clock, op_timeout: float = 10.0) -> Metastore:
@@ -16,7 +17,10 @@ def open_metastore(url: str, clock: Clock, op_timeout: float = 10.0) -> Metastor
     """
     from airflow_sentinel.metastore.sql import SqlMetastore
 
-    store: Metastore = SqlMetastore(url, clock, op_timeout)
+    try:
+        store: Metastore = SqlMetastore(url, clock, op_timeout)
+    except OSError as exc:  # the SQLite file's folder cannot be created or written
+        raise MetastoreUnavailable(f"cannot use metastore {mask(url)}: {exc.strerror}") from None
     try:
         store.check()
         store.ensure_schema()

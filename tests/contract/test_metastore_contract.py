@@ -1,0 +1,307 @@
+"""One contract, every metastore: run against real SQLite, MariaDB and PostgreSQL.
+
+Time is a FakeClock shared by all the nodes of a test, so expiry is tested without sleeping:
+the SQL backend judges expiry on locally observed time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from airflow_sentinel.clock import FakeClock
+from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
+from airflow_sentinel.metastore import Metastore, open_metastore
+from airflow_sentinel.metastore.base import Event, NodeReport
+
+SERVICE = "scheduler"
+TTL = 10.0
+
+StoreFactory = Callable[[], Metastore]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def new_store(metastore_url: str, clock: FakeClock) -> Iterator[StoreFactory]:
+    """Each call is another node's connection to the same metastore."""
+    opened: list[Metastore] = []
+
+    def make() -> Metastore:
+        store = open_metastore(metastore_url, clock, op_timeout=5)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: FakeClock) -> None:
+    lease = new_store().try_acquire(SERVICE, "a", TTL)
+    assert lease is not None
+    assert (lease.holder, lease.epoch, lease.valid_until) == ("a", 1, clock.now() + TTL)
+
+
+def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    a, b = new_store(), new_store()
+    assert a.try_acquire(SERVICE, "a", TTL) is not None
+    assert b.try_acquire(SERVICE, "b", TTL) is None  # first sight starts b's own timer
+    clock.advance(TTL - 0.01)
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    clock.advance(0.01)
+    taken = b.try_acquire(SERVICE, "b", TTL)
+    assert taken is not None
+    assert (taken.holder, taken.epoch) == ("b", 2)
+
+
+def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    assert new_store().try_acquire(SERVICE, "a", TTL) is not None
+    clock.advance(TTL * 100)  # nobody was watching: no one knows how long it has been
+    late = new_store()
+    assert late.try_acquire(SERVICE, "b", TTL) is None
+    clock.advance(TTL)
+    assert late.try_acquire(SERVICE, "b", TTL) is not None
+
+
+def test_renewal_restarts_the_standbys_wait(new_store: StoreFactory, clock: FakeClock) -> None:
+    a, b = new_store(), new_store()
+    lease = a.try_acquire(SERVICE, "a", TTL)
+    assert lease is not None
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    clock.advance(TTL * 0.6)
+    assert a.renew(lease, TTL) is not None
+    clock.advance(TTL * 0.6)  # 1.2 TTL since b first looked, 0.6 since the renewal
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    clock.advance(TTL)
+    assert b.try_acquire(SERVICE, "b", TTL) is not None
+
+
+def test_standby_waits_the_holders_ttl_not_its_own(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    a, b = new_store(), new_store()
+    assert a.try_acquire(SERVICE, "a", 30.0) is not None
+    assert b.try_acquire(SERVICE, "b", 5.0) is None
+    clock.advance(10.0)
+    assert b.try_acquire(SERVICE, "b", 5.0) is None
+    clock.advance(20.0)
+    assert b.try_acquire(SERVICE, "b", 5.0) is not None
+
+
+def test_renew_extends_validity_from_the_time_it_was_sent(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = new_store()
+    lease = store.try_acquire(SERVICE, "a", TTL)
+    assert lease is not None
+    clock.advance(3.0)
+    renewed = store.renew(lease, TTL)
+    assert renewed is not None
+    assert renewed.valid_until == clock.now() + TTL
+    assert renewed.epoch == lease.epoch
+
+
+def test_old_holder_cannot_renew_release_or_transfer_after_takeover(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    a, b = new_store(), new_store()
+    old = a.try_acquire(SERVICE, "a", TTL)
+    assert old is not None
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    clock.advance(TTL)
+    new = b.try_acquire(SERVICE, "b", TTL)
+    assert new is not None
+    assert a.renew(old, TTL) is None
+    assert a.release(old) is False
+    assert a.transfer(old, "a") is False
+    record = b.read_lease(SERVICE)
+    assert record is not None
+    assert (record.holder, record.epoch) == ("b", new.epoch)
+
+
+def test_release_lets_another_node_take_over_at_once(new_store: StoreFactory) -> None:
+    a, b = new_store(), new_store()
+    lease = a.try_acquire(SERVICE, "a", TTL)
+    assert lease is not None
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert a.release(lease) is True
+    taken = b.try_acquire(SERVICE, "b", TTL)
+    assert taken is not None
+    assert taken.epoch == lease.epoch + 1
+
+
+def test_transfer_hands_the_lease_to_the_target_only(new_store: StoreFactory) -> None:
+    a, b, c = new_store(), new_store(), new_store()
+    lease = a.try_acquire(SERVICE, "a", TTL)
+    assert lease is not None
+    assert a.transfer(lease, "b") is True
+    assert c.try_acquire(SERVICE, "c", TTL) is None
+    taken = b.try_acquire(SERVICE, "b", TTL)
+    assert taken is not None
+    assert taken.epoch > lease.epoch
+    assert a.renew(lease, TTL) is None
+
+
+def test_a_node_reclaims_a_lease_recorded_as_its_own_with_a_new_epoch(
+    new_store: StoreFactory,
+) -> None:
+    first = new_store().try_acquire(SERVICE, "a", TTL)
+    assert first is not None
+    again = new_store().try_acquire(SERVICE, "a", TTL)  # the controller restarted
+    assert again is not None
+    assert again.epoch == first.epoch + 1
+    assert new_store().renew(first, TTL) is None  # the old incarnation's lease is gone
+
+
+def test_exactly_one_of_many_racing_nodes_wins(new_store: StoreFactory) -> None:
+    stores = [new_store() for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    winners: list[str] = []
+    errors: list[BaseException] = []
+
+    def race(index: int, store: Metastore) -> None:
+        barrier.wait()
+        try:
+            if store.try_acquire(SERVICE, f"n{index}", TTL) is not None:
+                winners.append(f"n{index}")
+        except MetastoreError as exc:  # a busy SQLite may refuse; it must not win twice
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race, args=(i, s)) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(winners) == 1, (winners, errors)
+    record = stores[0].read_lease(SERVICE)
+    assert record is not None
+    assert (record.holder, record.epoch) == (winners[0], 1)
+
+
+def test_epochs_never_go_backwards(new_store: StoreFactory, clock: FakeClock) -> None:
+    a, b = new_store(), new_store()
+    seen: list[int] = []
+    for _ in range(3):
+        lease = a.try_acquire(SERVICE, "a", TTL)
+        assert lease is not None
+        seen.append(lease.epoch)
+        a.clear()  # clearing metadata keeps the lease and its epoch
+        assert a.release(lease)
+        lease_b = b.try_acquire(SERVICE, "b", TTL)
+        assert lease_b is not None
+        seen.append(lease_b.epoch)
+        assert b.release(lease_b)
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
+
+
+def test_services_have_independent_leases(new_store: StoreFactory) -> None:
+    store = new_store()
+    assert store.try_acquire("scheduler", "a", TTL) is not None
+    other = store.try_acquire("triggerer", "b", TTL)
+    assert other is not None
+    assert other.epoch == 1
+
+
+def test_schema_creation_is_safe_when_nodes_start_together(metastore_url: str) -> None:
+    clock = FakeClock()
+    barrier = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def start_node() -> None:
+        barrier.wait()
+        try:
+            open_metastore(metastore_url, clock, op_timeout=10).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start_node) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+
+
+def _report(node_id: str, role: str = "standby", running: bool = False) -> NodeReport:
+    return NodeReport(
+        node_id=node_id,
+        host="h/1",
+        role=role,
+        scheduler_running=running,
+        scheduler_pid=42 if running else None,
+        fit=True,
+        version="0.1.0",
+        epoch=3 if role == "active" else None,
+    )
+
+
+def test_node_registry_upserts_and_lists_sorted(new_store: StoreFactory) -> None:
+    store = new_store()
+    store.heartbeat(_report("b"))
+    store.heartbeat(_report("a"))
+    store.heartbeat(_report("b", role="active", running=True))
+    nodes = store.nodes()
+    assert [n.node_id for n in nodes] == ["a", "b"]
+    b = nodes[1]
+    assert (b.role, b.scheduler_running, b.scheduler_pid, b.epoch) == ("active", True, 42, 3)
+    assert 0.0 <= b.last_heartbeat_age_s < 60.0
+
+
+def test_event_log_is_newest_first_and_bounded(new_store: StoreFactory) -> None:
+    store = new_store()
+    for i in range(260):
+        store.record_event(Event("a", SERVICE, "scheduler_started", f"run {i}", epoch=i), 100)
+    events = store.events(1000)
+    assert events[0].detail == "run 259"
+    assert events[0].epoch == 259
+    assert [e.id for e in events] == sorted((e.id for e in events), reverse=True)
+    assert 100 <= len(events) < 100 + 50 + 1  # pruned every 50 writes
+
+
+def test_flags_set_and_clear(new_store: StoreFactory) -> None:
+    store = new_store()
+    store.set_flag("paused", "yes")
+    store.set_flag("switchover:scheduler", "3 b")
+    store.set_flag("paused", "again")
+    assert store.flags() == {"paused": "again", "switchover:scheduler": "3 b"}
+    store.set_flag("paused", None)
+    assert store.flags() == {"switchover:scheduler": "3 b"}
+
+
+def test_clear_forgets_nodes_events_and_flags_but_keeps_the_lease(
+    new_store: StoreFactory,
+) -> None:
+    store = new_store()
+    assert store.try_acquire(SERVICE, "a", TTL) is not None
+    store.heartbeat(_report("a"))
+    store.record_event(Event("a", SERVICE, "x"), 1000)
+    store.set_flag("paused", "1")
+    store.clear()
+    assert (store.nodes(), store.events(10), store.flags()) == ([], [], {})
+    record = store.read_lease(SERVICE)
+    assert record is not None
+    assert (record.holder, record.epoch) == ("a", 1)
+
+
+def test_unreachable_store_raises_and_hides_the_password(backend: str) -> None:
+    url = {
+        "sqlite": "sqlite:////proc/no-such-dir/metastore.db",
+        "mariadb": "mysql+pymysql://u:s3cretpw@127.0.0.1:1/db",
+        "postgresql": "postgresql+psycopg://u:s3cretpw@127.0.0.1:1/db",
+    }[backend]
+    with pytest.raises(MetastoreUnavailable) as caught:
+        open_metastore(url, FakeClock(), op_timeout=2)
+    assert "s3cretpw" not in str(caught.value)
+    if backend != "sqlite":
+        assert "127.0.0.1" in str(caught.value)
