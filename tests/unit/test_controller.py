@@ -1,0 +1,275 @@
+"""The controller's wiring: real SQLite metastore, fake clock, recording launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from airflow_sentinel.clock import FakeClock
+from airflow_sentinel.config import Settings, load_settings
+from airflow_sentinel.controller.loop import Controller, Role
+from airflow_sentinel.controller.scheduler import RunState
+from airflow_sentinel.metastore import Metastore, open_metastore
+from airflow_sentinel.metastore.base import PAUSED, switchover_flag
+from airflow_sentinel.process.handle import RunEnded
+from tests.support.fakes import FlakyStore, RecordingLauncher
+
+NEVER_MATCHES = "no-such-scheduler-binary-7f3a run"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    base = load_settings(
+        {
+            "node_id": "a",
+            "metastore": f"sqlite:///{tmp_path / 'm.db'}",
+            "scheduler_command": NEVER_MATCHES,
+            "lease_ttl": "15",
+            "renew_interval": "3",
+            "stop_timeout": "5",
+            "start_timeout": "20",
+            "max_restarts": "3",
+            "cooldown": "100",
+        },
+        environ={},
+        airflow_home=tmp_path,
+    )
+    return base
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(settings: Settings, clock: FakeClock) -> Iterator[FlakyStore]:
+    inner = open_metastore(settings.metastore, clock)
+    yield FlakyStore(inner)
+    inner.close()
+
+
+def make(settings: Settings, store: FlakyStore, clock: FakeClock, **changes: Any) -> tuple[Controller, RecordingLauncher]:
+    launcher = RecordingLauncher()
+    controller = Controller(
+        replace(settings, **changes), cast(Metastore, store), clock, launcher, host="h/1"
+    )
+    return controller, launcher
+
+
+def test_standby_takes_a_free_lease_and_starts_the_scheduler_inside_the_fence(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.role is Role.ACTIVE
+    assert controller.lease is not None
+    assert launcher.last.fence_at == controller.lease.valid_until - settings.fence_margin
+    assert launcher.last.argv == settings.scheduler_argv
+
+
+def test_each_renewal_moves_the_guards_fence(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    clock.advance(3)
+    controller.tick()
+    clock.advance(3)
+    controller.tick()
+    assert launcher.last.fences == [clock.now() - 3 + 15 - 1, clock.now() + 15 - 1]
+
+
+def test_an_exited_scheduler_is_restarted_on_the_next_cycle_without_waiting(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    controller._on_run_ended(RunEnded("exited", 1))
+    controller.tick()  # the loop runs this at once (_tick_now), not after renew_interval
+    assert len(launcher.runs) == 2
+    assert controller.scheduler.failed_starts == 1
+
+
+def test_unreachable_store_keeps_the_scheduler_until_the_demote_deadline(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    demote_at = controller.timing.demote_at(controller.lease.valid_until)
+    store.broken = True
+    clock.advance(demote_at - clock.now() - 0.01)
+    controller.tick()
+    assert controller.role is Role.ACTIVE
+    assert launcher.last.stops == []
+    clock.advance(0.01)
+    controller.tick()
+    assert controller.role is Role.STANDBY
+    assert launcher.last.stops == [settings.stop_timeout]  # whole grace, still inside the fence
+    assert controller.scheduler.state is RunState.STOPPED
+
+
+def test_a_lost_lease_demotes_at_once_and_is_not_released(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    lease = controller.lease
+    assert lease is not None
+    assert store.transfer(lease, "b")  # someone else holds it now
+    controller.tick()
+    assert controller.role is Role.STANDBY
+    assert launcher.last.stops
+    record = store.read_lease("scheduler")
+    assert record.holder == "b"
+
+
+def test_too_many_failed_starts_step_down_and_cool_down(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    for _ in range(3):
+        controller._on_run_ended(RunEnded("exited", 1))
+        controller.tick()
+    assert controller.role is Role.STANDBY
+    record = store.read_lease("scheduler")
+    assert record.holder is None  # released at once: a standby need not wait for the TTL
+    runs = len(launcher.runs)
+    clock.advance(99)
+    controller.tick()
+    assert controller.role is Role.STANDBY
+    assert len(launcher.runs) == runs
+    clock.advance(1)
+    controller.tick()
+    assert controller.role is Role.ACTIVE
+    assert len(launcher.runs) == runs + 1
+
+
+def test_a_launch_that_raises_counts_as_a_failed_start(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    launcher.fail_with = FileNotFoundError(2, "No such file or directory")
+    for _ in range(3):
+        controller.tick()
+    controller.tick()
+    assert controller.role is Role.STANDBY
+    assert controller.unfit_until > clock.now()
+
+
+def test_a_scheduler_that_stays_up_resets_the_failure_count(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    controller._on_run_ended(RunEnded("exited", 1))
+    controller.tick()
+    assert controller.scheduler.failed_starts == 1
+    for _ in range(7):
+        clock.advance(3)
+        controller.tick()
+    assert controller.scheduler.state is RunState.RUNNING
+    assert controller.scheduler.failed_starts == 0
+
+
+def test_paused_cluster_starts_and_stops_nothing(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    store.set_flag(PAUSED, "now")
+    controller._on_run_ended(RunEnded("exited", 1))
+    controller.tick()
+    assert controller.role is Role.ACTIVE
+    assert len(launcher.runs) == 1
+    store.set_flag(PAUSED, None)
+    controller.tick()
+    assert len(launcher.runs) == 2
+
+
+def test_a_paused_standby_does_not_take_the_lease(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    store.set_flag(PAUSED, "now")
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.role is Role.STANDBY
+    assert launcher.runs == []
+
+
+def test_switchover_stops_first_then_hands_the_lease_to_the_target(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    store.set_flag(switchover_flag("scheduler"), f"{controller.lease.epoch} b")
+    controller.tick()
+    assert launcher.last.stops
+    assert controller.role is Role.STANDBY
+    record = store.read_lease("scheduler")
+    assert record.holder == "b"
+    assert switchover_flag("scheduler") not in store.flags()
+
+
+def test_a_switchover_request_for_an_earlier_epoch_is_ignored(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    store.set_flag(switchover_flag("scheduler"), f"{controller.lease.epoch - 1} b")
+    controller.tick()
+    assert controller.role is Role.ACTIVE
+
+
+def test_shutdown_stops_the_scheduler_then_releases_the_lease(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    controller.shutdown()
+    assert launcher.last.stops
+    assert store.read_lease("scheduler").holder is None
+    node = store.nodes()[0]
+    assert (node.role, node.scheduler_running) == ("stopped", False)
+
+
+class FakeProbe:
+    def __init__(self) -> None:
+        self.age_s: float | None = None
+
+    def age(self, started_wall: float, now_wall: float) -> float | None:
+        return self.age_s
+
+
+def test_heartbeat_mode_restarts_a_hung_scheduler(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    probe = FakeProbe()
+    launcher = RecordingLauncher()
+    controller = Controller(
+        replace(settings, health_check="heartbeat"),
+        cast(Metastore, store),
+        clock,
+        launcher,
+        host="h/1",
+        heartbeat_probe=probe,
+    )
+    controller.tick()
+    probe.age_s = 1.0
+    controller.tick()
+    assert controller.scheduler.state is RunState.RUNNING
+    probe.age_s = settings.heartbeat_grace + 1
+    controller.tick()
+    assert launcher.last.stops == [settings.stop_timeout]
+    controller._on_run_ended(RunEnded("exited", -15))
+    controller.tick()
+    assert len(launcher.runs) == 2
+    assert controller.scheduler.failed_starts == 0  # a hang after a healthy run is no failed start
