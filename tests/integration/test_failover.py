@@ -114,7 +114,7 @@ def test_switchover_to_a_named_node(cluster: Cluster) -> None:
 
 def test_a_node_whose_scheduler_will_not_start_steps_down(cluster: Cluster) -> None:
     cluster.start("a", command=cluster.scheduler_command("--fail"))
-    wait_until(lambda: cluster.lease() and cluster.active() == "a", 20, "a to become active")
+    wait_until(lambda: cluster.active() == "a", 20, "a to become active")
     cluster.start("b")
     cluster.wait_for_one_scheduler(timeout=40, on="b")
     fails = [line for line in cluster.probe_lines() if line.what == "fail"]
@@ -129,4 +129,21 @@ def test_all_controllers_stopping_leave_no_scheduler_behind(cluster: Cluster) ->
     cluster.stop_all()
     assert [p.returncode for p in cluster.processes.values()] == [0, 0, 0]
     assert cluster.all_probe_processes() == []
+    assert_no_overlap(cluster)
+
+
+def test_kill_9_of_the_guard_takes_the_scheduler_and_its_children_with_it(
+    cluster: Cluster,
+) -> None:
+    first = start_three(cluster)
+    old = cluster.all_probe_processes()
+    [guard] = [
+        p
+        for p in psutil.Process(cluster.pid_of(first)).children()
+        if "airflow_sentinel.process.guard" in " ".join(p.cmdline())
+    ]
+    guard.kill()
+    _, alive = psutil.wait_procs(old, timeout=10)
+    assert alive == []
+    cluster.wait_for_one_scheduler(timeout=20, on=first)
     assert_no_overlap(cluster)

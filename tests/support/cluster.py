@@ -169,10 +169,9 @@ class Cluster:
         where = f" on {on}" if on else f" off {not_on}" if not_on else ""
         return wait_until(one, timeout, f"exactly one scheduler{where}")
 
-    def active(self) -> str:
+    def active(self) -> str | None:
         lease = self.lease()
-        assert lease is not None and lease.holder is not None
-        return lease.holder
+        return lease.holder if lease is not None else None
 
     def pid_of(self, node_id: str) -> int:
         return self.processes[node_id].pid

@@ -35,8 +35,9 @@ from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
 from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore.base import PAUSED, Lease, Metastore, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
+from airflow_sentinel.process.linux import become_subreaper
 from airflow_sentinel.process.strays import describe, find_strays
-from airflow_sentinel.process.tree import stop_tree
+from airflow_sentinel.process.tree import is_alive, stop_tree
 
 log = logging.getLogger("airflow_sentinel.controller")
 
@@ -76,6 +77,7 @@ class Controller:
         self._started_wall = 0.0
         self._reported_strays: set[int] = set()
         self._stop_requested = False
+        self._subreaper = False
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -100,6 +102,9 @@ class Controller:
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
+        # Whatever a dead guard leaves behind re-parents to us, so we can kill it.
+        become_subreaper()
+        self._subreaper = True
         self._install_signal_handlers()
         self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
         self._handle_strays()
@@ -149,6 +154,7 @@ class Controller:
 
     # -- one cycle -----------------------------------------------------------------------
     def tick(self) -> None:
+        self._kill_orphans()
         flags = self._read_flags()
         status = self._renew() if self.lease is not None else LeaseStatus.NONE
         decision = decide_leadership(self._snapshot(status), self.timing)
@@ -360,6 +366,8 @@ class Controller:
     def _on_run_ended(self, ended: RunEnded) -> None:
         was = self.scheduler.state
         failed = self.scheduler.ended(ended)
+        if ended.outcome == "lost":
+            self._kill_orphans()  # the guard died: its scheduler's children are ours now
         self._report_end(ended, was, failed)
         self._tick_now = True  # restart at once, not on the next poll
 
@@ -376,7 +384,28 @@ class Controller:
         detail = f"{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
         self._emit(ev.SCHEDULER_EXITED, detail, level)
 
-    # -- strays --------------------------------------------------------------------------
+    # -- strays and orphans ----------------------------------------------------------------
+    def _kill_orphans(self) -> None:
+        """Kill our children that are not the current guard (left by a guard that died)."""
+        if not self._subreaper:
+            return  # children of ours are only orphans once run() made us a subreaper
+        guard_pid = getattr(self.scheduler.run, "guard_pid", None)
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid == guard_pid:
+                continue
+            if is_alive(child):
+                found = describe(child)
+                stop_tree(child, grace=0.0)
+                self._emit(
+                    ev.STRAY_KILLED, f"orphan pid {found.pid}: {found.cmdline}", logging.WARNING
+                )
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, os.WNOHANG)
+
     def _own_pids(self) -> set[int]:
         run = self.scheduler.run
         guard_pid = getattr(run, "guard_pid", None)
