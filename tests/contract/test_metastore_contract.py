@@ -222,7 +222,7 @@ def test_schema_creation_is_safe_when_nodes_start_together(metastore_url: str) -
         barrier.wait()
         try:
             open_metastore(metastore_url, clock, op_timeout=10).close()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=start_node) for _ in range(6)]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +34,9 @@ FAST = {
 }
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.05
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
     give_up = time.monotonic() + timeout
     while True:
@@ -59,6 +61,7 @@ class Cluster:
     root: Path
     metastore_url: str
     settings: dict[str, str] = field(default_factory=lambda: dict(FAST))
+    extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _store: Metastore | None = None
 
@@ -77,6 +80,7 @@ class Cluster:
     def env(self, node_id: str, command: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env["AIRFLOW_HOME"] = str(self.root / "home")
+        env.update(self.extra_env)
         env["AIRFLOW__SENTINEL__METASTORE"] = self.metastore_url
         env["AIRFLOW__SENTINEL__SCHEDULER_COMMAND"] = command or self.scheduler_command()
         for key, value in self.settings.items():
@@ -169,6 +173,10 @@ class Cluster:
         where = f" on {on}" if on else f" off {not_on}" if not_on else ""
         return wait_until(one, timeout, f"exactly one scheduler{where}")
 
+    def epoch(self) -> int:
+        lease = self.lease()
+        return lease.epoch if lease is not None else 0
+
     def active(self) -> str | None:
         lease = self.lease()
         return lease.holder if lease is not None else None
@@ -210,10 +218,8 @@ class Cluster:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    try:
+    with suppress(ProcessLookupError, psutil.Error):
         yield
-    except (ProcessLookupError, psutil.Error):
-        pass
 
 
 @contextmanager

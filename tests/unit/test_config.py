@@ -519,7 +519,7 @@ def test_malformed_metastore_url_names_its_origin(tmp_path: Path) -> None:
 def test_unsupported_metastore_scheme(tmp_path: Path, url: str) -> None:
     [problem] = problems_of(tmp_path, environ=sentinel_env(metastore=url))
     assert problem.startswith("AIRFLOW__SENTINEL__METASTORE:")
-    assert f"'{url.split('://')[0]}://'" in problem
+    assert f"'{url.split('://', maxsplit=1)[0]}://'" in problem
     assert "postgresql+psycopg" in problem  # what is accepted
     assert "s3cretpw" not in problem
 

@@ -132,8 +132,14 @@ def test_normalize_errors_never_contain_the_password(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        (f"postgresql+psycopg://alice:{SECRET}@db:5432/af", "postgresql+psycopg://alice:***@db:5432/af"),
-        (f"mysql+pymysql://root:{SECRET}@127.0.0.1/test", "mysql+pymysql://root:***@127.0.0.1/test"),
+        (
+            f"postgresql+psycopg://alice:{SECRET}@db:5432/af",
+            "postgresql+psycopg://alice:***@db:5432/af",
+        ),
+        (
+            f"mysql+pymysql://root:{SECRET}@127.0.0.1/test",
+            "mysql+pymysql://root:***@127.0.0.1/test",
+        ),
         ("postgresql+psycopg://alice@db/af", "postgresql+psycopg://alice@db/af"),
         ("sqlite:////var/lib/m.db", "sqlite:////var/lib/m.db"),
     ],

@@ -1,0 +1,176 @@
+"""A real `airflow scheduler` (Airflow 3, SQLite, LocalExecutor) under two controllers.
+
+The Airflow environment is created once by the test setup and cached between runs
+(AIRFLOW_SENTINEL_VENV_CACHE, default ~/.cache/airflow-sentinel/venvs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import pytest
+
+from airflow_sentinel.airflow_env import ensure_airflow_venv
+from tests.support.cluster import Cluster, running_cluster, wait_until
+
+AIRFLOW_VERSION = os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2")
+pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+
+
+@pytest.fixture(scope="session")
+def airflow_venv() -> Path:
+    return ensure_airflow_venv(AIRFLOW_VERSION)
+
+
+@pytest.fixture
+def airflow_cluster(tmp_path: Path, airflow_venv: Path) -> Iterator[Cluster]:
+    home = tmp_path / "home"
+    home.mkdir()
+    db = f"sqlite:///{home / 'airflow.db'}"
+    airflow_env = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "PATH": f"{airflow_venv / 'bin'}:{os.environ['PATH']}",
+    }
+    migrate_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    migrate_env.update(airflow_env, AIRFLOW_HOME=str(home))
+    subprocess.run(
+        [str(airflow_venv / "bin" / "airflow"), "db", "migrate"],
+        env=migrate_env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    with running_cluster(tmp_path, "unused") as cluster:
+        # The metastore is Airflow's own database (the default), in tables of our own.
+        cluster.metastore_url = db
+        cluster.extra_env = airflow_env
+        cluster.settings.update(
+            lease_ttl="8",
+            renew_interval="2",
+            stop_timeout="3",
+            start_timeout="90",
+            health_check="heartbeat",
+            heartbeat_grace="30",
+        )
+        yield cluster
+
+
+def scheduler_command(venv: Path) -> str:
+    return f"{venv / 'bin' / 'airflow'} scheduler --skip-serve-logs"
+
+
+def airflow_schedulers() -> list[psutil.Process]:
+    """Main `airflow scheduler` processes (not their workers, not guards)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "airflow_sentinel.process.guard" in cmd:
+            continue
+        if cmd[1:3] and cmd[1].endswith("/bin/airflow") and cmd[2] == "scheduler":
+            found.append(proc)
+    pids = {p.pid for p in found}
+    return [p for p in found if p.ppid() not in pids]
+
+
+def airflow_children_of(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def fresh_heartbeat_since(home: Path, since: datetime) -> bool:
+    with closing(sqlite3.connect(home / "airflow.db", timeout=10)) as conn:
+        rows = conn.execute(
+            "select start_date, latest_heartbeat from job where job_type = 'SchedulerJob' "
+            "and state = 'running' order by id desc limit 3"
+        ).fetchall()
+    for start, beat in rows:
+        started = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
+        if started >= since and beat:
+            return True
+    return False
+
+
+class MaxConcurrent:
+    """Samples the number of running schedulers in the background; remembers the maximum."""
+
+    def __init__(self) -> None:
+        self.maximum = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MaxConcurrent:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.maximum = max(self.maximum, len(airflow_schedulers()))
+
+
+def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller_dies(
+    airflow_cluster: Cluster, airflow_venv: Path
+) -> None:
+    cluster = airflow_cluster
+    home = cluster.root / "home"
+    command = scheduler_command(airflow_venv)
+    with MaxConcurrent() as sampler:
+        began = datetime.now(timezone.utc)
+        cluster.start("a", command=command)
+        wait_until(lambda: cluster.active() == "a", 60, "a to become active")
+        cluster.start("b", command=command)
+        [first] = wait_until(airflow_schedulers, 60, "the first airflow scheduler")
+        wait_until(lambda: fresh_heartbeat_since(home, began), 90, "a scheduler heartbeat")
+
+        # 1. Kill the scheduler: restarted at once on the same node, workers and all gone.
+        workers = airflow_children_of(first)
+        assert workers, "LocalExecutor workers expected"
+        killed_at = datetime.now(timezone.utc)
+        first.send_signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs([first, *workers], timeout=15)
+        assert alive == []
+        [second] = wait_until(
+            lambda: [p for p in airflow_schedulers() if p.pid != first.pid],
+            60,
+            "a restarted airflow scheduler",
+        )
+        assert second.environ()["AIRFLOW_SENTINEL_NODE_ID"] == "a"
+        wait_until(lambda: fresh_heartbeat_since(home, killed_at), 90, "its heartbeat")
+
+        # 2. Kill -9 the active controller: no scheduler or worker left behind, b takes over.
+        workers = airflow_children_of(second)
+        moved_at = datetime.now(timezone.utc)
+        os.kill(cluster.pid_of("a"), signal.SIGKILL)
+        _, alive = psutil.wait_procs([second, *workers], timeout=15)
+        assert alive == []
+        [third] = wait_until(airflow_schedulers, 90, "a scheduler on b")
+        assert third.environ()["AIRFLOW_SENTINEL_NODE_ID"] == "b"
+        wait_until(lambda: fresh_heartbeat_since(home, moved_at), 90, "b's scheduler heartbeat")
+
+        # 3. Stop the last controller cleanly: nothing of Airflow is left running.
+        workers = airflow_children_of(third)
+        assert workers
+        cluster.processes["b"].terminate()
+        assert cluster.processes["b"].wait(timeout=60) == 0
+        _, alive = psutil.wait_procs([third, *workers], timeout=5)
+        assert alive == []
+        assert airflow_schedulers() == []
+    assert sampler.maximum == 1
