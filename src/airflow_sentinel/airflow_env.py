@@ -47,7 +47,18 @@ def _build(target: Path, version: str) -> None:
     requirement = f"apache-airflow=={version}"
     if uv is not None:
         _run([uv, "venv", "--quiet", "--python", sys.executable, str(target)])
-        _run([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python), requirement])
+        _run(
+            [
+                uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--compile-bytecode",
+                "--python",
+                str(python),
+                requirement,
+            ]
+        )
     else:
         _run([sys.executable, "-m", "venv", str(target)])
         _run([str(python), "-m", "pip", "install", "--quiet", requirement])

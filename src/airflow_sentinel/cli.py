@@ -314,13 +314,19 @@ def choose_target(state: ClusterState, active: str, target: str | None) -> str:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="airflow-sentinel", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "airflow-sentinel"
+        click.echo(
+            f"airflow-sentinel: error: {exc.format_message()} (see '{command} --help')", err=True
+        )
+        sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+        click.echo(f"airflow-sentinel: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:

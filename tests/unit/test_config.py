@@ -110,22 +110,24 @@ def test_airflow_home_comes_from_the_environment_when_not_given(
     write_cfg(home, "[sentinel]\nlease_ttl = 21\n")
     monkeypatch.setenv("AIRFLOW_HOME", str(home))
 
-    settings = load_settings(None, {}, None)
+    settings = load_settings(None, None, None)
+    assert settings.airflow_home == str(home)
+    # An explicit environment replaces the process's one, AIRFLOW_HOME included.
+    settings = load_settings(None, {"AIRFLOW_HOME": str(home)}, None)
 
     assert settings.airflow_home == str(home)
     assert settings.lease_ttl == 21.0
 
 
 def test_airflow_config_variable_points_at_another_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     write_cfg(tmp_path, "[sentinel]\nlease_ttl = 20\n")
     other = tmp_path / "conf" / "other.cfg"
     other.parent.mkdir()
     other.write_text("[sentinel]\nlease_ttl = 30\n", encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW_CONFIG", str(other))
 
-    settings = load(tmp_path)
+    settings = load(tmp_path, environ={"AIRFLOW_CONFIG": str(other)})
 
     assert settings.lease_ttl == 30.0
     assert settings.airflow_cfg == str(other)
@@ -284,31 +286,37 @@ def test_empty_database_value_falls_back_to_core(tmp_path: Path) -> None:
     assert load(tmp_path).metastore == "mysql+pymysql://af:pw@old/airflow"
 
 
-def test_airflow_database_env_var_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgres://af@db3/airflow")
-    assert load(tmp_path).metastore == "postgresql+psycopg://af@db3/airflow"
+def test_airflow_database_env_var_is_used(tmp_path: Path) -> None:
+    assert (
+        load(
+            tmp_path, environ={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgres://af@db3/airflow"}
+        ).metastore
+        == "postgresql+psycopg://af@db3/airflow"
+    )
 
 
 def test_airflow_database_env_var_wins_over_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # Airflow's own precedence: an environment variable beats airflow.cfg.
     write_cfg(tmp_path, "[database]\nsql_alchemy_conn = mysql://af@file/airflow\n")
-    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://af@env/airflow")
-    assert load(tmp_path).metastore == "postgresql+psycopg://af@env/airflow"
+    assert (
+        load(
+            tmp_path, environ={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://af@env/airflow"}
+        ).metastore
+        == "postgresql+psycopg://af@env/airflow"
+    )
 
 
-def test_airflow_core_env_var_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__CORE__SQL_ALCHEMY_CONN", "mysql://af@db4/airflow")
-    assert load(tmp_path).metastore == "mysql+pymysql://af@db4/airflow"
+def test_airflow_core_env_var_is_used(tmp_path: Path) -> None:
+    assert (
+        load(
+            tmp_path, environ={"AIRFLOW__CORE__SQL_ALCHEMY_CONN": "mysql://af@db4/airflow"}
+        ).metastore
+        == "mysql+pymysql://af@db4/airflow"
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_settings(environ=...) only uses `environ` for AIRFLOW__SENTINEL__*; "
-    "Airflow's own variables (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN[_CMD]) are read from "
-    "os.environ by AirflowConfig.get, so an explicit environ is ignored for them",
-)
 def test_explicit_environ_is_used_for_airflows_database_variable(tmp_path: Path) -> None:
     environ = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://af@db5/airflow"}
     assert load(tmp_path, environ=environ).metastore == "postgresql+psycopg://af@db5/airflow"
@@ -318,13 +326,11 @@ def _echo_command(url: str) -> str:
     return f"{sys.executable} -c \"print('{url}')\""
 
 
-def test_airflow_database_cmd_env_var_is_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", _echo_command("mysql://af@cmdenv/airflow")
-    )
-    assert load(tmp_path).metastore == "mysql+pymysql://af@cmdenv/airflow"
+def test_airflow_database_cmd_env_var_is_run(tmp_path: Path) -> None:
+    environ = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": _echo_command("mysql://af@cmdenv/airflow")
+    }
+    assert load(tmp_path, environ=environ).metastore == "mysql+pymysql://af@cmdenv/airflow"
 
 
 def test_sql_alchemy_conn_cmd_in_the_file_is_run(tmp_path: Path) -> None:
@@ -565,12 +571,6 @@ def test_timing_and_metastore_problems_are_collected_together(tmp_path: Path) ->
     assert any(p.startswith("renew_interval:") for p in problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): load_settings raises right after the parse phase, so a bad metastore "
-    "URL (or empty scheduler_command) is not reported together with an unparseable value, "
-    "contrary to 'Problems are collected, not raised one at a time'",
-)
 def test_parse_and_metastore_problems_are_collected_together(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, environ=sentinel_env(lease_ttl="abc", metastore="redis://x"))
     assert any("LEASE_TTL" in p for p in problems)

@@ -92,12 +92,6 @@ def test_second_time_does_nothing(tmp_path: Path) -> None:
     assert once.count(b"[sentinel]") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): add_sentinel_section checks the parser loaded before the first call; "
-    "called twice with the same AirflowConfig it appends a second [sentinel] section, "
-    "although its docstring says it returns False when the file already has one",
-)
 def test_second_time_with_the_same_config_object_does_nothing(tmp_path: Path) -> None:
     cfg = tmp_path / "airflow.cfg"
     cfg.write_text(EXISTING, encoding="utf-8")

@@ -101,12 +101,6 @@ def test_normalize_rejects_malformed_urls(url: str, needle: str) -> None:
         normalize_metastore_url(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sqlite:///:memory: is accepted (normalized to sqlite:///%3Amemory%3A) although "
-    "an in-memory database cannot be shared between nodes (the module's own error text says "
-    "so); the engine then also creates a stray file named ':memory:' in the working directory",
-)
 def test_normalize_rejects_in_memory_sqlite() -> None:
     with pytest.raises(ValueError, match="in-memory"):
         normalize_metastore_url("sqlite:///:memory:")
@@ -159,12 +153,6 @@ def test_mask_of_an_unparseable_url_shows_nothing_of_it() -> None:
     assert mask(f"not a url {SECRET}") == "<unparseable URL>"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a password given as a query parameter (libpq/psycopg accept "
-    "?password=...) is not masked, and password_of() does not see it either, so the "
-    "--metastore password refusal does not apply to it",
-)
 def test_mask_hides_a_password_given_as_query_parameter() -> None:
     assert SECRET not in mask(f"postgresql+psycopg://u@h/db?password={SECRET}")
 

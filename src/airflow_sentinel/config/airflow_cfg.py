@@ -6,7 +6,8 @@ import configparser
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_sentinel.config.settings import KEYS
@@ -20,18 +21,23 @@ class AirflowConfig:
     home: Path
     path: Path
     parser: configparser.ConfigParser
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @property
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def get(self, section: str, key: str) -> str | None:
-        """A value the way Airflow resolves it: env var, env `_CMD`, file, file `_cmd`."""
+    def from_env(self, section: str, key: str) -> str | None:
+        """A value from AIRFLOW__SECTION__KEY, or the output of AIRFLOW__SECTION__KEY_CMD."""
         env_name = f"AIRFLOW__{section.upper()}__{key.upper()}"
-        if env_name in os.environ:
-            return os.environ[env_name]
-        if f"{env_name}_CMD" in os.environ:
-            return _run_cmd(f"{env_name}_CMD", os.environ[f"{env_name}_CMD"])
+        if env_name in self.environ:
+            return self.environ[env_name]
+        if f"{env_name}_CMD" in self.environ:
+            return _run_cmd(f"{env_name}_CMD", self.environ[f"{env_name}_CMD"])
+        return None
+
+    def from_file(self, section: str, key: str) -> str | None:
+        """A value from airflow.cfg, or the output of its `<key>_cmd` option."""
         if self.parser.has_option(section, key):
             return self.parser.get(section, key)
         if self.parser.has_option(section, f"{key}_cmd"):
@@ -44,11 +50,13 @@ class AirflowConfig:
         return dict(self.parser.items(SECTION))
 
     def sql_alchemy_conn(self) -> str:
-        """Airflow's metadata database URL: [database] first, then [core] (Airflow < 2.3)."""
-        for section in ("database", "core"):
-            value = self.get(section, "sql_alchemy_conn")
-            if value:
-                return value.strip()
+        """Airflow's metadata database URL, looked up in Airflow's order: environment first
+        ([database], then the deprecated [core]), then airflow.cfg likewise."""
+        for lookup in (self.from_env, self.from_file):
+            for section in ("database", "core"):
+                value = lookup(section, "sql_alchemy_conn")
+                if value:
+                    return value.strip()
         return f"sqlite:///{self.home / 'airflow.db'}"
 
 
@@ -64,13 +72,17 @@ def _run_cmd(origin: str, command: str) -> str:
     return done.stdout.strip()
 
 
-def airflow_home() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+def airflow_home(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
 
 
-def load_airflow_config(home: Path | None = None) -> AirflowConfig:
-    home = home or airflow_home()
-    path = Path(os.environ.get("AIRFLOW_CONFIG") or home / "airflow.cfg").expanduser()
+def load_airflow_config(
+    home: Path | None = None, environ: Mapping[str, str] | None = None
+) -> AirflowConfig:
+    environ = os.environ if environ is None else environ
+    home = home or airflow_home(environ)
+    path = Path(environ.get("AIRFLOW_CONFIG") or home / "airflow.cfg").expanduser()
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     if path.is_file():
         try:
@@ -78,7 +90,7 @@ def load_airflow_config(home: Path | None = None) -> AirflowConfig:
         except (configparser.Error, UnicodeDecodeError) as exc:
             first_line = str(exc).splitlines()[0]
             raise ConfigError([f"{path}: not a readable airflow.cfg ({first_line})"]) from None
-    return AirflowConfig(home=home, path=path, parser=parser)
+    return AirflowConfig(home=home, path=path, parser=parser, environ=environ)
 
 
 def sentinel_section_text() -> str:
@@ -125,4 +137,5 @@ def add_sentinel_section(config: AirflowConfig) -> bool:
         config.path.touch(mode=0o600)
     with config.path.open("ab") as handle:
         handle.write(separator + sentinel_section_text().encode("utf-8"))
+    config.parser.add_section(SECTION)
     return True

@@ -29,24 +29,25 @@ def load_settings(
     airflow_home: Path | None = None,
 ) -> Settings:
     """Defaults < airflow.cfg [sentinel] < AIRFLOW__SENTINEL__* < flags (None = not given)."""
-    cfg = load_airflow_config(airflow_home)
+    environ = os.environ if environ is None else environ
+    cfg = load_airflow_config(airflow_home, environ)
     problems: list[str] = []
-    raw = _layered_values(cfg, os.environ if environ is None else environ, flags or {}, problems)
+    raw = _layered_values(cfg, environ, flags or {}, problems)
     values: dict[str, Any] = {}
     for key in KEYS:
         value, origin = raw.get(key.name, (key.default, key.name))
         parsed = _parse(key, value.strip(), origin, problems)
         if parsed is not None:
             values[key.name] = parsed
+    metastore = _metastore(raw.get("metastore", ("", ""))[0].strip(), raw, cfg, problems)
+    if "scheduler_command" in values and not values["scheduler_command"].strip():
+        problems.append("scheduler_command: must not be empty")
+    if len(values) == len(KEYS):  # the invariants need every timing value parsed
+        problems.extend(timing_problems(values))
     if problems:
         raise ConfigError(problems)
     values["node_id"] = values["node_id"] or socket.gethostname()
-    values["metastore"] = _metastore(values["metastore"], raw, cfg, problems)
-    if not values["scheduler_command"].strip():
-        problems.append("scheduler_command: must not be empty")
-    problems.extend(timing_problems(values))
-    if problems:
-        raise ConfigError(problems)
+    values["metastore"] = metastore
     return Settings(**values, airflow_home=str(cfg.home), airflow_cfg=str(cfg.path))
 
 

@@ -41,19 +41,39 @@ def normalize_metastore_url(raw: str) -> str:
     except (ArgumentError, ValueError):
         raise ValueError(f"malformed URL; accepted: {ACCEPTED}") from None
     url = url.set(drivername=DRIVER_MAP[scheme])
-    if url.drivername == "sqlite" and not url.database:
-        raise ValueError("sqlite URL needs a file path (in-memory databases cannot be shared)")
-    if url.drivername != "sqlite" and not url.host:
-        raise ValueError(f"URL needs a host; accepted: {ACCEPTED}")
+    _check_parts(url)
     return url.render_as_string(hide_password=False)
+
+
+def _check_parts(url: URL) -> None:
+    if url.drivername == "sqlite":
+        if not url.database or url.database == ":memory:" or "memory" in url.query.get("mode", ""):
+            raise ValueError("sqlite URL needs a file path (in-memory databases cannot be shared)")
+        return
+    if not url.host:
+        raise ValueError(f"URL needs a host; accepted: {ACCEPTED}")
+    if not url.database:
+        raise ValueError(f"URL needs a database name after the host; accepted: {ACCEPTED}")
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("URL port must be a number from 1 to 65535")
+
+
+# Query parameters that carry a password (libpq and the MySQL drivers accept these).
+SECRET_QUERY_KEYS = ("password", "passwd")
 
 
 def mask(url: str) -> str:
     """The URL without its password, for logs, errors and status output."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "<unparseable URL>"
+    hidden = {k: "***" for k in SECRET_QUERY_KEYS if k in parsed.query}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def password_of(url: str) -> str | None:
@@ -61,7 +81,13 @@ def password_of(url: str) -> str | None:
         parsed: URL = make_url(url)
     except (ArgumentError, ValueError):
         return None
-    return parsed.password if isinstance(parsed.password, str) else None
+    if isinstance(parsed.password, str) and parsed.password:
+        return parsed.password
+    for key in SECRET_QUERY_KEYS:
+        value = parsed.query.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def scrub(text: str, url: str) -> str:
