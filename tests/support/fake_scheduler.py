@@ -61,11 +61,16 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help="spawn a child like the real one")
     parser.add_argument("--job-db", type=Path, help="heartbeat into this SQLite job table")
     parser.add_argument("--term-delay", type=float, default=0.2)
+    parser.add_argument("--stray", action="store_true", help="started by hand: no lock")
     args = parser.parse_args()
 
     if args.fail:
         log(args.log, "fail")
         return 1
+    if args.stray:
+        log(args.log, "stray-start")
+        while True:
+            time.sleep(0.5)
     lock = os.open(args.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

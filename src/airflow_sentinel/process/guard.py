@@ -58,11 +58,13 @@ def reap(state: GuardState) -> None:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break  # no children at all
         if pid == 0:
-            return
+            break
         if pid == state.child_pid:
             state.exit_code = os.waitstatus_to_exitcode(status)
+    if state.exit_code is None and state.child_pid and not psutil.pid_exists(state.child_pid):
+        state.exit_code = -signal.SIGKILL  # gone without a status we could read
 
 
 def kill_descendants(state: GuardState) -> None:

@@ -18,19 +18,28 @@ class Stray:
     cmdline: str
 
 
-def _tokens(args: Iterable[str]) -> list[str]:
-    """Command-line words with paths reduced to their last part (``/venv/bin/airflow``)."""
-    words: list[str] = []
-    for arg in args:
-        words.extend(PurePath(part).name if "/" in part else part for part in arg.split())
-    return words
+def _words(args: Iterable[str]) -> list[str]:
+    """Command-line words; a process title set with setproctitle arrives as one string."""
+    return [word for arg in args for word in arg.split()]
 
 
 def matches(cmdline: list[str], command: list[str]) -> bool:
-    """Whether a process's command line contains the scheduler command's words in order."""
-    wanted, words = _tokens(command), _tokens(cmdline)
-    n = len(wanted)
-    return n > 0 and any(words[i : i + n] == wanted for i in range(len(words) - n + 1))
+    """Whether a process runs the scheduler command: its program (compared by file name,
+    so ``/venv/bin/airflow`` is ``airflow``) followed by exactly its arguments."""
+    wanted, words = _words(command), _words(cmdline)
+    if not wanted or not words:
+        return False
+    program, arguments = PurePath(wanted[0]).name, wanted[1:]
+    # The program is the process's own first word, or the script an interpreter runs:
+    # never a word further along (`airflow-sentinel start --scheduler-command "airflow
+    # scheduler"` and `grep airflow scheduler` are not schedulers).
+    starts = [0, 1] if PurePath(words[0]).name.startswith("python") else [0]
+    return any(
+        i < len(words)
+        and PurePath(words[i]).name == program
+        and words[i + 1 : i + 1 + len(arguments)] == arguments
+        for i in starts
+    )
 
 
 def _owned_by_other_node(proc: psutil.Process, node_id: str) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 
 import psutil
 
 from airflow_sentinel.clock import boottime
+
+POLL_S = 0.02
 
 
 def is_alive(proc: psutil.Process) -> bool:
@@ -27,13 +30,17 @@ def send(pid: int, sig: int) -> None:
 def wait_gone(
     procs: Iterable[psutil.Process], timeout: float, on_tick: Callable[[], None] | None = None
 ) -> list[psutil.Process]:
-    """Wait up to ``timeout`` for every process to die; returns the survivors."""
+    """Wait up to ``timeout`` for every process to die; returns the survivors.
+
+    Polls instead of calling psutil.wait_procs, which reaps children of ours and would
+    take their exit status from the code that waits for them (``on_tick``).
+    """
     alive = [p for p in procs if is_alive(p)]
     give_up = boottime() + timeout
     while alive and boottime() < give_up:
         if on_tick is not None:
             on_tick()
-        psutil.wait_procs(alive, timeout=0.05)
+        time.sleep(POLL_S)
         alive = [p for p in alive if is_alive(p)]
     return alive
 
