@@ -37,7 +37,7 @@ from airflow_sentinel.metastore.base import PAUSED, Lease, Metastore, NodeReport
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
 from airflow_sentinel.process.strays import describe, find_strays
-from airflow_sentinel.process.tree import is_alive, stop_tree
+from airflow_sentinel.process.tree import is_alive, stop_trees
 
 log = logging.getLogger("airflow_sentinel.controller")
 
@@ -76,6 +76,7 @@ class Controller:
         self.switchover_to: str | None = None
         self._started_wall = 0.0
         self._reported_strays: set[int] = set()
+        self._reported_pid: int | None = None
         self._stop_requested = False
         self._subreaper = False
         self._tick_now = True
@@ -140,10 +141,13 @@ class Controller:
                 selector.register(run.fileno(), selectors.EVENT_READ)
             selector.select(timeout)
         self._drain_wake()
-        if run is not None:
-            ended = run.poll()
-            if ended is not None:
-                self._on_run_ended(ended)
+        if run is None:
+            return
+        ended = run.poll()
+        if ended is not None:
+            self._on_run_ended(ended)
+        elif run.scheduler_pid is not None and run.scheduler_pid != self._reported_pid:
+            self._heartbeat()  # the guard has just named the scheduler's pid
 
     def _drain_wake(self) -> None:
         try:
@@ -351,7 +355,7 @@ class Controller:
 
     def _start_scheduler(self) -> None:
         assert self.lease is not None
-        if self._handle_strays(before_start=True):
+        if self._handle_strays():
             return  # a stray still runs here; never start a second scheduler beside it
         fence_at = self.timing.fence_at(self.lease.valid_until)
         now = self.clock.now()
@@ -394,17 +398,15 @@ class Controller:
             children = psutil.Process().children()
         except psutil.Error:
             return
-        for child in children:
-            if child.pid == guard_pid:
-                continue
-            if is_alive(child):
-                found = describe(child)
-                stop_tree(child, grace=0.0)
-                self._emit(
-                    ev.STRAY_KILLED, f"orphan pid {found.pid}: {found.cmdline}", logging.WARNING
-                )
+        orphans = [c for c in children if c.pid != guard_pid]
+        alive = [c for c in orphans if is_alive(c)]
+        for orphan in alive:
+            found = describe(orphan)
+            self._emit(ev.STRAY_KILLED, f"orphan pid {found.pid}: {found.cmdline}", logging.WARNING)
+        stop_trees(alive, grace=0.0)
+        for orphan in orphans:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(child.pid, os.WNOHANG)
+                os.waitpid(orphan.pid, os.WNOHANG)
 
     def _own_pids(self) -> set[int]:
         run = self.scheduler.run
@@ -416,27 +418,27 @@ class Controller:
         except psutil.Error:
             return {guard_pid}
 
-    def _handle_strays(self, before_start: bool = False) -> bool:
+    def _handle_strays(self) -> bool:
         """Stop (or report) schedulers here that we did not start; True if one still runs."""
         strays = find_strays(self.settings.scheduler_argv, self.settings.node_id, self._own_pids())
+        if not strays:
+            return False
         kill = self.settings.stray_action == "kill" and not self.paused  # paused: report only
-        remaining = False
         for proc in strays:
             found = describe(proc)
-            if not kill:
-                remaining = True
-                if found.pid not in self._reported_strays:
-                    self._reported_strays.add(found.pid)
-                    self._emit(ev.STRAY_FOUND, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
-                continue
-            gone = stop_tree(proc, self.settings.stop_timeout)
-            remaining = remaining or not gone
-            self._emit(ev.STRAY_KILLED, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
-        return remaining
+            if kill:
+                self._emit(ev.STRAY_KILLED, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
+            elif found.pid not in self._reported_strays:
+                self._reported_strays.add(found.pid)
+                self._emit(ev.STRAY_FOUND, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
+        if not kill:
+            return True
+        return bool(stop_trees(strays, self.settings.stop_timeout))
 
     # -- registry ------------------------------------------------------------------------
     def _heartbeat(self, role: Role | None = None) -> None:
         view = self.scheduler.view()
+        self._reported_pid = view.pid
         report = NodeReport(
             node_id=self.settings.node_id,
             host=self.host,

@@ -13,6 +13,7 @@ import psutil
 from airflow_sentinel.clock import boottime
 
 POLL_S = 0.02
+KILL_WAIT_S = 5.0
 
 
 def is_alive(proc: psutil.Process) -> bool:
@@ -45,14 +46,17 @@ def wait_gone(
     return alive
 
 
-def stop_tree(proc: psutil.Process, grace: float) -> bool:
-    """SIGTERM a process; after ``grace`` SIGKILL it and every descendant. True if all died."""
-    try:
-        tree = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return True
-    send(proc.pid, signal.SIGTERM)
-    wait_gone([proc], grace)
-    for member in tree:
+def stop_trees(procs: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """SIGTERM every process at once; after ``grace`` SIGKILL them and all their
+    descendants. Returns the processes that still live (normally none)."""
+    trees: list[psutil.Process] = []
+    for proc in procs:
+        try:
+            trees.extend([proc, *proc.children(recursive=True)])
+        except psutil.Error:
+            continue
+        send(proc.pid, signal.SIGTERM)
+    wait_gone(procs, grace)
+    for member in trees:
         send(member.pid, signal.SIGKILL)
-    return not wait_gone(tree, 5.0)
+    return wait_gone(trees, KILL_WAIT_S)
