@@ -150,16 +150,14 @@ class Controller:
             self._heartbeat()  # the guard has just named the scheduler's pid
 
     def _drain_wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
             while self._wake_r.recv(512):
                 pass
-        except (BlockingIOError, OSError):
-            pass
 
     # -- one cycle -----------------------------------------------------------------------
     def tick(self) -> None:
         self._kill_orphans()
-        flags = self._read_flags()
+        self._read_flags()
         status = self._renew() if self.lease is not None else LeaseStatus.NONE
         decision = decide_leadership(self._snapshot(status), self.timing)
         if decision is Leadership.ACQUIRE and self._acquire():
@@ -169,24 +167,24 @@ class Controller:
         elif decision is Leadership.STEP_DOWN:
             self._step_down()
         elif decision is Leadership.HAND_OVER:
-            self._hand_over(flags)
+            self._hand_over()
         elif decision is Leadership.KEEP:
-            self._supervise(self._snapshot(status))
+            self._supervise(self._snapshot(status, with_health=True))
         self._handle_strays()
         self._heartbeat()
 
-    def _read_flags(self) -> dict[str, str]:
+    def _read_flags(self) -> None:
+        """Refresh pause and switchover; on a store error the last known values stand."""
         try:
             flags = self.store.flags()
         except MetastoreError as exc:
             log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
-            return {}
+            return
         paused = PAUSED in flags
         if paused != self.paused:
             log.info("cluster %s", "paused" if paused else "resumed", extra={"epoch": self.epoch})
         self.paused = paused
         self.switchover_to = self._switchover_target(flags)
-        return flags
 
     def _switchover_target(self, flags: Mapping[str, str]) -> str | None:
         raw = flags.get(switchover_flag(SERVICE))
@@ -197,7 +195,8 @@ class Controller:
             return None  # addressed to an earlier holder; the CLI will time out and say so
         return target or None
 
-    def _snapshot(self, status: LeaseStatus) -> Snapshot:
+    def _snapshot(self, status: LeaseStatus, with_health: bool = False) -> Snapshot:
+        """One frozen view for the policy; the heartbeat query runs only when asked for."""
         now = self.clock.now()
         return Snapshot(
             now=now,
@@ -208,7 +207,7 @@ class Controller:
             switchover_requested=self.switchover_to is not None,
             failed_starts=self.scheduler.failed_starts,
             run=self.scheduler.view(),
-            heartbeat_age=self._heartbeat_age(),
+            heartbeat_age=self._heartbeat_age() if with_health else None,
         )
 
     def _heartbeat_age(self) -> float | None:
@@ -299,7 +298,7 @@ class Controller:
             self._release()
         self._become_standby()
 
-    def _hand_over(self, flags: Mapping[str, str]) -> None:
+    def _hand_over(self) -> None:
         target = self.switchover_to
         assert self.lease is not None and target is not None
         if target == self.settings.node_id:
