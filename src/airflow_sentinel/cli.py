@@ -57,7 +57,7 @@ def settings_from(flags: dict[str, Any]) -> Settings:
 
 @contextmanager
 def metastore_for(settings: Settings, op_timeout: float = 10.0) -> Iterator[Metastore]:
-    store = open_metastore(settings.metastore, SystemClock(), op_timeout)
+    store = open_metastore(settings.metastore, SystemClock(), op_timeout, settings.lease_ttl)
     try:
         yield store
     finally:

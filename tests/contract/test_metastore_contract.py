@@ -1,13 +1,15 @@
-"""One contract, every metastore: run against real SQLite, MariaDB and PostgreSQL.
+"""One contract, every metastore: real SQLite, MariaDB, PostgreSQL and ZooKeeper.
 
-Time is a FakeClock shared by all the nodes of a test, so expiry is tested without sleeping:
-the SQL backend judges expiry on locally observed time.
+Time is a FakeClock shared by all the nodes of a test. The SQL backend judges expiry on
+locally observed time, so its expiry is tested by moving the clock; ZooKeeper's servers
+judge expiry themselves, so there a holder's lease expires by expiring its session.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 
@@ -15,11 +17,15 @@ from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event, NodeReport
+from airflow_sentinel.metastore.zookeeper import ZooKeeperMetastore
+from tests.support.cluster import wait_until
+from tests.support.zookeeper import expire_session
 
 SERVICE = "scheduler"
 TTL = 10.0
 
 StoreFactory = Callable[[], Metastore]
+Expire = Callable[[Metastore], None]
 
 
 @pytest.fixture
@@ -33,13 +39,44 @@ def new_store(metastore_url: str, clock: FakeClock) -> Iterator[StoreFactory]:
     opened: list[Metastore] = []
 
     def make() -> Metastore:
-        store = open_metastore(metastore_url, clock, op_timeout=5)
+        store = open_metastore(metastore_url, clock, op_timeout=5, lease_ttl=TTL)
         opened.append(store)
         return store
 
     yield make
     for store in opened:
         store.close()
+
+
+@pytest.fixture
+def expire(backend: str, clock: FakeClock, metastore_url: str) -> Expire:
+    """Make the holder's lease expire as other nodes see it (after they have looked)."""
+
+    def by_clock(holder: Metastore) -> None:
+        clock.advance(TTL)
+
+    def by_session(holder: Metastore) -> None:
+        zk = cast(ZooKeeperMetastore, holder)
+        hosts = metastore_url.split("://", 1)[1].split("/", 1)[0]
+        expire_session(zk._client, hosts)
+
+        def holder_gone() -> bool:
+            try:  # the expired client errs until kazoo has opened a new session
+                record = zk.read_lease(SERVICE)
+            except MetastoreError:
+                return False
+            return record is not None and record.holder is None
+
+        wait_until(holder_gone, 30, "the expired session's holder znode to vanish")
+
+    return by_session if backend == "zookeeper" else by_clock
+
+
+@pytest.fixture
+def observed_time(backend: str) -> None:
+    """For tests of expiry judged on locally observed time (the SQL backends)."""
+    if backend == "zookeeper":
+        pytest.skip("ZooKeeper's servers judge expiry by session timeout, not local observation")
 
 
 def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: FakeClock) -> None:
@@ -49,7 +86,7 @@ def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: Fake
 
 
 def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
-    new_store: StoreFactory, clock: FakeClock
+    new_store: StoreFactory, clock: FakeClock, observed_time: None
 ) -> None:
     a, b = new_store(), new_store()
     assert a.try_acquire(SERVICE, "a", TTL) is not None
@@ -63,7 +100,7 @@ def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
 
 
 def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
-    new_store: StoreFactory, clock: FakeClock
+    new_store: StoreFactory, clock: FakeClock, observed_time: None
 ) -> None:
     assert new_store().try_acquire(SERVICE, "a", TTL) is not None
     clock.advance(TTL * 100)  # nobody was watching: no one knows how long it has been
@@ -73,7 +110,9 @@ def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
     assert late.try_acquire(SERVICE, "b", TTL) is not None
 
 
-def test_renewal_restarts_the_standbys_wait(new_store: StoreFactory, clock: FakeClock) -> None:
+def test_renewal_restarts_the_standbys_wait(
+    new_store: StoreFactory, clock: FakeClock, observed_time: None
+) -> None:
     a, b = new_store(), new_store()
     lease = a.try_acquire(SERVICE, "a", TTL)
     assert lease is not None
@@ -87,7 +126,7 @@ def test_renewal_restarts_the_standbys_wait(new_store: StoreFactory, clock: Fake
 
 
 def test_standby_waits_the_holders_ttl_not_its_own(
-    new_store: StoreFactory, clock: FakeClock
+    new_store: StoreFactory, clock: FakeClock, observed_time: None
 ) -> None:
     a, b = new_store(), new_store()
     assert a.try_acquire(SERVICE, "a", 30.0) is not None
@@ -111,14 +150,34 @@ def test_renew_extends_validity_from_the_time_it_was_sent(
     assert renewed.epoch == lease.epoch
 
 
-def test_old_holder_cannot_renew_release_or_transfer_after_takeover(
-    new_store: StoreFactory, clock: FakeClock
+def test_held_lease_is_not_taken_while_its_holder_lives(new_store: StoreFactory) -> None:
+    a, b = new_store(), new_store()
+    assert a.try_acquire(SERVICE, "a", TTL) is not None
+    for _ in range(3):
+        assert b.try_acquire(SERVICE, "b", TTL) is None
+
+
+def test_an_expired_lease_is_taken_with_a_new_epoch(
+    new_store: StoreFactory, expire: Expire
 ) -> None:
     a, b = new_store(), new_store()
     old = a.try_acquire(SERVICE, "a", TTL)
     assert old is not None
     assert b.try_acquire(SERVICE, "b", TTL) is None
-    clock.advance(TTL)
+    expire(a)
+    new = b.try_acquire(SERVICE, "b", TTL)
+    assert new is not None
+    assert (new.holder, new.epoch) == ("b", old.epoch + 1)
+
+
+def test_old_holder_cannot_renew_release_or_transfer_after_takeover(
+    new_store: StoreFactory, expire: Expire
+) -> None:
+    a, b = new_store(), new_store()
+    old = a.try_acquire(SERVICE, "a", TTL)
+    assert old is not None
+    assert b.try_acquire(SERVICE, "b", TTL) is None
+    expire(a)
     new = b.try_acquire(SERVICE, "b", TTL)
     assert new is not None
     assert a.renew(old, TTL) is None
@@ -299,6 +358,7 @@ def test_unreachable_store_raises_and_hides_the_password(backend: str) -> None:
         "sqlite": "sqlite:////proc/no-such-dir/metastore.db",
         "mariadb": "mysql+pymysql://u:s3cretpw@127.0.0.1:1/db",
         "postgresql": "postgresql+psycopg://u:s3cretpw@127.0.0.1:1/db",
+        "zookeeper": "zookeeper://u:s3cretpw@127.0.0.1:1/sentinel",
     }[backend]
     with pytest.raises(MetastoreUnavailable) as caught:
         open_metastore(url, FakeClock(), op_timeout=2)

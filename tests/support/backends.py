@@ -10,11 +10,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.support.zookeeper import shared_server_hosts
+
 MYSQL_URL = os.environ.get("SENTINEL_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 POSTGRES_URL = os.environ.get(
     "SENTINEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-ALL_BACKENDS = ("sqlite", "mariadb", "postgresql")
+ALL_BACKENDS = ("sqlite", "mariadb", "postgresql", "zookeeper")
 
 
 def selected_backends() -> tuple[str, ...]:
@@ -55,5 +57,8 @@ def fresh_metastore_url(backend: str, tmp_path: Path) -> Iterator[str]:
             with admin.begin() as conn:
                 conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
             admin.dispose()
+    elif backend == "zookeeper":
+        # A root of its own under a shared server: the URL's path is the cluster's namespace.
+        yield f"zookeeper://{shared_server_hosts()}/sentinel-test/{name}"
     else:
         raise ValueError(backend)

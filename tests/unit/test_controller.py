@@ -278,3 +278,17 @@ def test_heartbeat_mode_restarts_a_hung_scheduler(
     controller.tick()
     assert len(launcher.runs) == 2
     assert controller.scheduler.failed_starts == 0  # a hang after a healthy run is no failed start
+
+
+def test_events_from_an_outage_are_recorded_when_the_store_answers_again(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    store.broken = True
+    controller.events.emit("scheduler_fenced", "during the outage", epoch=1)
+    controller.events.emit("demoted", "still down", epoch=1)
+    store.broken = False
+    controller.tick()
+    kinds = [e.kind for e in store.events(10)]
+    assert kinds[:2] == ["demoted", "scheduler_fenced"]

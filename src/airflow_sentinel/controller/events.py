@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore.base import Event, Metastore
@@ -24,21 +25,37 @@ ERROR = "error"
 log = logging.getLogger("airflow_sentinel.controller")
 
 
+# Events that could not be written wait here for the metastore, oldest dropped first.
+BACKLOG = 200
+
+
 class EventLog:
-    """Logs every event with the node and the fencing token, and records it in the metastore."""
+    """Logs every event with the node and the fencing token, and records it in the metastore.
+
+    Events that happen while the metastore is unreachable (often the interesting ones) are
+    kept in order and written when it answers again.
+    """
 
     def __init__(self, store: Metastore, node_id: str, service: str, retention: int) -> None:
         self._store = store
         self._node_id = node_id
         self._service = service
         self._retention = retention
+        self._pending: deque[Event] = deque(maxlen=BACKLOG)
 
     def emit(
         self, kind: str, detail: str = "", *, epoch: int | None, level: int = logging.INFO
     ) -> None:
         log.log(level, "%s %s", kind, detail, extra={"epoch": epoch})
-        event = Event(self._node_id, self._service, kind, detail, epoch)
-        try:
-            self._store.record_event(event, self._retention)
-        except MetastoreError as exc:
-            log.warning("event not recorded: %s", exc, extra={"epoch": epoch})
+        self._pending.append(Event(self._node_id, self._service, kind, detail, epoch))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending, in order; stop at the first failure and keep the rest."""
+        while self._pending:
+            try:
+                self._store.record_event(self._pending[0], self._retention)
+            except MetastoreError as exc:
+                log.debug("%d event(s) wait for the metastore: %s", len(self._pending), exc)
+                return
+            self._pending.popleft()

@@ -172,6 +172,7 @@ class Controller:
             self._supervise(self._snapshot(status, with_health=True))
         self._handle_strays()
         self._heartbeat()
+        self.events.flush()
 
     def _read_flags(self) -> None:
         """Refresh pause and switchover; on a store error the last known values stand."""

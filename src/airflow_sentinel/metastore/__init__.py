@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
-
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore.base import Metastore
-from airflow_sentinel.metastore.urls import mask
+from airflow_sentinel.metastore.urls import ZOOKEEPER, mask
 
 
-def open_metastore(url: str, clock: Clock, op_timeout: float = 10.0) -> Metastore:
+def open_metastore(
+    url: str, clock: Clock, op_timeout: float = 10.0, lease_ttl: float = 15.0
+) -> Metastore:
     """Open the backend for ``url`` (already normalized) and make sure its schema exists.
 
+    ``lease_ttl`` is the session timeout asked of ZooKeeper; SQL leases carry it per call.
     Raises MetastoreUnavailable, naming the host and never the password, when it cannot.
     """
-    from airflow_sentinel.metastore.sql import SqlMetastore
-
     try:
-        store: Metastore = SqlMetastore(url, clock, op_timeout)
+        store = _backend(url, clock, op_timeout, lease_ttl)
     except OSError as exc:  # the SQLite file's folder cannot be created or written
         raise MetastoreUnavailable(f"cannot use metastore {mask(url)}: {exc.strerror}") from None
+    except MetastoreError as exc:
+        raise MetastoreUnavailable(f"cannot use {exc}") from None
     try:
         store.check()
         store.ensure_schema()
@@ -30,8 +31,14 @@ def open_metastore(url: str, clock: Clock, op_timeout: float = 10.0) -> Metastor
     return store
 
 
-def backend_name(url: str) -> str:
-    return make_url(url).get_backend_name()
+def _backend(url: str, clock: Clock, op_timeout: float, lease_ttl: float) -> Metastore:
+    if url.startswith(f"{ZOOKEEPER}://"):
+        from airflow_sentinel.metastore.zookeeper import ZooKeeperMetastore
+
+        return ZooKeeperMetastore(url, clock, op_timeout, session_timeout=lease_ttl)
+    from airflow_sentinel.metastore.sql import SqlMetastore
+
+    return SqlMetastore(url, clock, op_timeout)
 
 
-__all__ = ["Metastore", "backend_name", "open_metastore"]
+__all__ = ["Metastore", "open_metastore"]

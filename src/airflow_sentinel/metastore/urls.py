@@ -2,13 +2,62 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 ACCEPTED = (
     "sqlite:///PATH, mysql+pymysql://USER:PASS@HOST[:PORT]/DB (MySQL, MariaDB), "
-    "postgresql+psycopg://USER:PASS@HOST[:PORT]/DB"
+    "postgresql+psycopg://USER:PASS@HOST[:PORT]/DB, "
+    "zookeeper://[USER:PASS@]HOST[:PORT][,HOST[:PORT]...]/PATH"
 )
+ZOOKEEPER = "zookeeper"
+ZOOKEEPER_PORT = 2181
+
+
+@dataclass(frozen=True)
+class ZooKeeperUrl:
+    """`zookeeper://[user:password@]host1:2181,host2:2181/path`: an ensemble and a root."""
+
+    hosts: str
+    path: str
+    user: str | None
+    password: str | None
+
+    @property
+    def digest_auth(self) -> str | None:
+        return f"{self.user}:{self.password}" if self.user and self.password else None
+
+    @property
+    def masked(self) -> str:
+        auth = f"{self.user}:***@" if self.password else f"{self.user}@" if self.user else ""
+        return f"{ZOOKEEPER}://{auth}{self.hosts}{self.path}"
+
+
+def parse_zookeeper_url(raw: str) -> ZooKeeperUrl:
+    """Parse and check a ZooKeeper URL; ValueError says what is wrong and what is accepted."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme != ZOOKEEPER:
+        raise ValueError(f"not a zookeeper:// URL; accepted: {ACCEPTED}")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hosts = []
+    for entry in hostlist.split(","):
+        host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "")
+        port_number = int(port) if port.isdigit() else ZOOKEEPER_PORT if not port else -1
+        if not host or not 0 < port_number < 65536:
+            raise ValueError(f"bad ZooKeeper host '{entry}'; accepted: {ACCEPTED}")
+        hosts.append(f"{host}:{port_number}")
+    path = parts.path.rstrip("/")
+    if not path or parts.query or parts.fragment:
+        raise ValueError(
+            "a ZooKeeper URL needs a root path for this cluster, such as /airflow-sentinel/prod, "
+            "and no query"
+        )
+    return ZooKeeperUrl(",".join(hosts), path, unquote(user) or None, unquote(password) or None)
+
 
 # Airflow's own connection strings often name other drivers; we ship one per database.
 DRIVER_MAP = {
@@ -30,6 +79,9 @@ def normalize_metastore_url(raw: str) -> str:
     """The URL with our driver, or ValueError naming what is accepted."""
     raw = raw.strip()
     scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+    if scheme == ZOOKEEPER:
+        parse_zookeeper_url(raw)
+        return raw
     if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
         raw = "postgresql" + raw[len("postgres") :]
         scheme = "postgresql" + scheme[len("postgres") :]
@@ -68,6 +120,11 @@ SECRET_QUERY_KEYS = ("password", "passwd")
 
 def mask(url: str) -> str:
     """The URL without its password, for logs, errors and status output."""
+    if url.startswith(f"{ZOOKEEPER}://"):
+        try:
+            return parse_zookeeper_url(url).masked
+        except ValueError:
+            return "<unparseable URL>"
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -77,6 +134,11 @@ def mask(url: str) -> str:
 
 
 def password_of(url: str) -> str | None:
+    if url.startswith(f"{ZOOKEEPER}://"):
+        try:
+            return parse_zookeeper_url(url).password
+        except ValueError:
+            return None
     try:
         parsed: URL = make_url(url)
     except (ArgumentError, ValueError):
