@@ -1,15 +1,13 @@
 """One contract, every metastore: real SQLite, MariaDB, PostgreSQL and ZooKeeper.
 
-Time is a FakeClock shared by all the nodes of a test. The SQL backend judges expiry on
-locally observed time, so its expiry is tested by moving the clock; ZooKeeper's servers
-judge expiry themselves, so there a holder's lease expires by expiring its session.
+Time is a FakeClock shared by all the nodes of a test. Every backend judges expiry on
+locally observed time, so expiry is tested by moving the clock, without sleeping.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import cast
 
 import pytest
 
@@ -17,9 +15,6 @@ from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event, NodeReport
-from airflow_sentinel.metastore.zookeeper import ZooKeeperMetastore
-from tests.support.cluster import wait_until
-from tests.support.zookeeper import expire_session
 
 SERVICE = "scheduler"
 TTL = 10.0
@@ -49,34 +44,17 @@ def new_store(metastore_url: str, clock: FakeClock) -> Iterator[StoreFactory]:
 
 
 @pytest.fixture
-def expire(backend: str, clock: FakeClock, metastore_url: str) -> Expire:
-    """Make the holder's lease expire as other nodes see it (after they have looked)."""
+def expire(clock: FakeClock) -> Expire:
+    """Let the holder's lease expire as other nodes see it (after they have looked).
+
+    Every backend judges expiry on locally observed time, ZooKeeper included (see
+    test_zookeeper_sessions.py for what an expired session does and does not change).
+    """
 
     def by_clock(holder: Metastore) -> None:
         clock.advance(TTL)
 
-    def by_session(holder: Metastore) -> None:
-        zk = cast(ZooKeeperMetastore, holder)
-        hosts = metastore_url.split("://", 1)[1].split("/", 1)[0]
-        expire_session(zk._client, hosts)
-
-        def holder_gone() -> bool:
-            try:  # the expired client errs until kazoo has opened a new session
-                record = zk.read_lease(SERVICE)
-            except MetastoreError:
-                return False
-            return record is not None and record.holder is None
-
-        wait_until(holder_gone, 30, "the expired session's holder znode to vanish")
-
-    return by_session if backend == "zookeeper" else by_clock
-
-
-@pytest.fixture
-def observed_time(backend: str) -> None:
-    """For tests of expiry judged on locally observed time (the SQL backends)."""
-    if backend == "zookeeper":
-        pytest.skip("ZooKeeper's servers judge expiry by session timeout, not local observation")
+    return by_clock
 
 
 def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: FakeClock) -> None:
@@ -86,7 +64,7 @@ def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: Fake
 
 
 def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
-    new_store: StoreFactory, clock: FakeClock, observed_time: None
+    new_store: StoreFactory, clock: FakeClock
 ) -> None:
     a, b = new_store(), new_store()
     assert a.try_acquire(SERVICE, "a", TTL) is not None
@@ -100,7 +78,7 @@ def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
 
 
 def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
-    new_store: StoreFactory, clock: FakeClock, observed_time: None
+    new_store: StoreFactory, clock: FakeClock
 ) -> None:
     assert new_store().try_acquire(SERVICE, "a", TTL) is not None
     clock.advance(TTL * 100)  # nobody was watching: no one knows how long it has been
@@ -110,9 +88,7 @@ def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
     assert late.try_acquire(SERVICE, "b", TTL) is not None
 
 
-def test_renewal_restarts_the_standbys_wait(
-    new_store: StoreFactory, clock: FakeClock, observed_time: None
-) -> None:
+def test_renewal_restarts_the_standbys_wait(new_store: StoreFactory, clock: FakeClock) -> None:
     a, b = new_store(), new_store()
     lease = a.try_acquire(SERVICE, "a", TTL)
     assert lease is not None
@@ -126,7 +102,7 @@ def test_renewal_restarts_the_standbys_wait(
 
 
 def test_standby_waits_the_holders_ttl_not_its_own(
-    new_store: StoreFactory, clock: FakeClock, observed_time: None
+    new_store: StoreFactory, clock: FakeClock
 ) -> None:
     a, b = new_store(), new_store()
     assert a.try_acquire(SERVICE, "a", 30.0) is not None

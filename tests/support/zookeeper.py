@@ -130,7 +130,7 @@ def free_port_block(span: int = 300) -> int:
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+            base = int(probe.getsockname()[1])
         if base + span >= 65000:
             continue
         if all(_free(base + offset) for offset in (0, 1, 2, 100, 101, 102, 200, 201, 202)):

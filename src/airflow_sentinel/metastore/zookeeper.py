@@ -3,20 +3,24 @@
 Layout under the URL's path (the root of this cluster; several clusters can share one
 ensemble under different roots):
 
-    leases/<service>/holder   ephemeral: {"holder", "epoch"}; exists while its session lives
-    leases/<service>/epoch    the fencing token, bumped by versioned set on every acquisition
-    leases/<service>/handoff  a planned switchover's target, honoured for one TTL
+    leases/<service>/lease    {"holder", "epoch", "ttl"}; changed only by compare-and-set
+    leases/<service>/holder   ephemeral copy of the lease, present while the holder's
+                              session lives (what `status` shows as alive)
     nodes/<node_id>           the node registry (heartbeat = the znode's mtime)
     events/e-<sequence>       the event log, pruned to the retention
     flags/<name>              cluster flags (pause, switchover requests)
     clock                     touched to read the ensemble's time, for ages in `status`
 
-Expiry is judged by the ZooKeeper servers: the holder znode is ephemeral and disappears
-when its session expires, which happens no sooner than ``session timeout`` after the
-servers last heard from the holder. Each renewal is a round trip that proves the session
-was alive when it was sent, so the holder's lease is valid until ``sent + session timeout``
-on its own clock. While the connection is SUSPENDED no renewal succeeds, so the holder's
-fence falls before the session can expire and before any standby can create the znode.
+Expiry is judged exactly as in the SQL backend, on locally observed time: every renewal is a
+versioned write to the lease znode, and a standby takes over only after it has seen the same
+version for the holder's TTL. That keeps the fence sound even when a session is expired
+early (by an operator, or a test harness): the vanishing of an ephemeral znode proves nothing
+about the old holder's scheduler, and no standby relies on it.
+
+Connection states: while SUSPENDED no write succeeds, so the active node cannot renew and
+stops its scheduler at its demote deadline, before its fence falls and before any standby
+may win. A lease is bound to the session that took it: after LOST (session expired) the
+node is a standby, and may take the lease again like anyone else.
 """
 
 from __future__ import annotations
@@ -60,8 +64,20 @@ UNREACHABLE = (KazooException, KazooTimeoutError)
 
 @dataclass(frozen=True)
 class _Seen:
-    value: bytes
+    state: tuple[object, ...]
     since: float
+
+
+@dataclass(frozen=True)
+class LeasePaths:
+    lease: str  # persistent {"holder", "epoch", "ttl"}; every write is a compare-and-set
+    holder: str  # ephemeral copy, present while the holder's session lives
+
+
+@dataclass(frozen=True)
+class _Held:
+    version: int  # the lease znode's version after our last write
+    session: int  # the ZooKeeper session that holds the lease
 
 
 class ZooKeeperMetastore(Metastore):
@@ -79,7 +95,8 @@ class ZooKeeperMetastore(Metastore):
         self._closing = False
         self._client.add_listener(self._on_state)
         self._root = self._url.path.rstrip("/")
-        self._handoffs: dict[str, _Seen] = {}
+        self._observed: dict[str, _Seen] = {}
+        self._held: dict[str, _Held] = {}
         self._events_written = 0
         try:
             self._client.start(timeout=op_timeout)
@@ -164,127 +181,113 @@ class ZooKeeperMetastore(Metastore):
         return f"ZooKeeper at {host}:{port}, session timeout {self.session_timeout:g}s"
 
     # -- lease ---------------------------------------------------------------------------
-    def _lease_paths(self, service: str) -> tuple[str, str, str]:
+    def _lease_paths(self, service: str) -> LeasePaths:
         base = self._path("leases", service)
-        return f"{base}/holder", f"{base}/epoch", f"{base}/handoff"
+        return LeasePaths(f"{base}/lease", f"{base}/holder")
 
     def _my_session(self) -> int:
         return int(self._client.client_id[0]) if self._client.client_id else -1
 
-    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
-        sent = self._clock.now()
-        holder_path, _epoch_path, handoff_path = self._lease_paths(service)
-        self._ensure(self._path("leases", service))
-        held = self._get(holder_path)
-        if held is not None:
-            record, stat = json.loads(held[0]), held[1]
-            if stat.ephemeralOwner == self._my_session() and record["holder"] == node_id:
-                return Lease(service, node_id, int(record["epoch"]), sent + self.session_timeout)
-            if record["holder"] != node_id:
-                return None  # another node's session holds it
-            # Our own node_id, left by an earlier incarnation of this controller whose
-            # session has not expired yet: that process is gone (the node lock proves it).
-            if not self._delete_if_unchanged(holder_path, stat.version):
-                return None
-        handoff = self._get(handoff_path)
-        if handoff is not None and not self._may_ignore_handoff(service, handoff[0], node_id):
-            return None
-        return self._create_holder(service, node_id, handoff is not None, sent)
-
-    def _may_ignore_handoff(self, service: str, raw: bytes, node_id: str) -> bool:
-        """A handoff binds others for one TTL of locally observed time, then lapses."""
-        target = json.loads(raw)
-        if target["to"] == node_id:
-            return True
-        now = self._clock.now()
-        seen = self._handoffs.get(service)
-        if seen is None or seen.value != raw:
-            self._handoffs[service] = _Seen(raw, now)
-            return False
-        return now - seen.since >= float(target["ttl"])
-
-    def _delete_if_unchanged(self, path: str, version: int) -> bool:
-        try:
-            self._wait(self._client.delete_async(path, version=version))
-        except (NoNodeError, BadVersionError):
-            return False
-        return True
-
-    def _read_epoch(self, epoch_path: str) -> tuple[int, int]:
-        found = self._get(epoch_path)
+    def _read_record(self, service: str) -> tuple[dict[str, Any], ZnodeStat]:
+        path = self._lease_paths(service).lease
+        found = self._get(path)
         if found is None:
+            empty = json.dumps({"holder": None, "epoch": 0, "ttl": 0.0}).encode()
             with contextlib.suppress(NodeExistsError):
-                self._wait(self._client.create_async(epoch_path, b"0"))
-            found = self._get(epoch_path)
+                self._wait(self._client.create_async(path, empty, makepath=True))
+            found = self._get(path)
             if found is None:
-                raise MetastoreError(f"metastore {self.description}: epoch counter vanished")
-        return int(found[0] or b"0"), found[1].version
+                raise MetastoreError(f"metastore {self.description}: lease znode vanished")
+        return json.loads(found[0]), found[1]
 
-    def _create_holder(
-        self, service: str, node_id: str, handoff: bool, sent: float
-    ) -> Lease | None:
-        holder_path, epoch_path, handoff_path = self._lease_paths(service)
-        epoch, version = self._read_epoch(epoch_path)
-        record = json.dumps({"holder": node_id, "epoch": epoch + 1}).encode()
-        transaction = self._client.transaction()
-        transaction.set_data(epoch_path, str(epoch + 1).encode(), version=version)
-        transaction.create(holder_path, record, ephemeral=True)
-        if handoff:
-            transaction.delete(handoff_path)
-        results = self._wait(transaction.commit_async())
-        if any(isinstance(result, Exception) for result in results):
-            return None  # another node moved the epoch or created the holder first
-        self._handoffs.pop(service, None)
-        return Lease(service, node_id, epoch + 1, sent + self.session_timeout)
-
-    def _held_by(self, lease: Lease) -> ZnodeStat | None:
-        """The holder znode's stat if it is still this session's, for this epoch."""
-        held = self._get(self._lease_paths(lease.service)[0])
-        if held is None:
+    def _write_record(self, service: str, record: dict[str, Any], version: int) -> ZnodeStat | None:
+        """Compare-and-set on the lease znode; None when another writer got there first."""
+        path = self._lease_paths(service).lease
+        try:
+            stat: ZnodeStat = self._wait(
+                self._client.set_async(path, json.dumps(record).encode(), version=version)
+            )
+        except (NoNodeError, BadVersionError):
             return None
-        record, stat = json.loads(held[0]), held[1]
-        mine = stat.ephemeralOwner == self._my_session() and record["holder"] == lease.holder
-        return stat if mine and int(record["epoch"]) == lease.epoch else None
+        return stat
+
+    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
+        record, stat = self._read_record(service)
+        seen_at = self._clock.now()
+        holder = record["holder"]
+        if holder not in (None, node_id):
+            state = (holder, int(record["epoch"]), stat.version)
+            seen = self._observed.get(service)
+            if seen is None or seen.state != state:
+                self._observed[service] = _Seen(state, seen_at)
+                return None
+            if seen_at - seen.since < float(record["ttl"]):
+                return None
+        sent = self._clock.now()
+        epoch = int(record["epoch"]) + 1
+        taken = {"holder": node_id, "epoch": epoch, "ttl": ttl}
+        written = self._write_record(service, taken, stat.version)
+        if written is None:
+            return None
+        self._observed.pop(service, None)
+        self._held[service] = _Held(written.version, self._my_session())
+        self._mark_presence(service, taken)
+        return Lease(service, node_id, epoch, sent + ttl)
+
+    def _mark_presence(self, service: str, record: dict[str, Any]) -> None:
+        """The ephemeral holder znode: shows who leads while that session lives (status)."""
+        path = self._lease_paths(service).holder
+        self._delete_quietly(path)
+        with contextlib.suppress(NodeExistsError):
+            self._wait(self._client.create_async(path, json.dumps(record).encode(), ephemeral=True))
+
+    def _delete_quietly(self, path: str) -> None:
+        with contextlib.suppress(NoNodeError):
+            self._wait(self._client.delete_async(path))
+
+    def _update_held(self, lease: Lease, changes: dict[str, Any]) -> ZnodeStat | None:
+        """Write the lease znode if this lease is still ours in this ZooKeeper session."""
+        held = self._held.get(lease.service)
+        if held is None or held.session != self._my_session():
+            return None  # the session was lost (expired): this node is a standby now
+        record, stat = self._read_record(lease.service)
+        if record["holder"] != lease.holder or int(record["epoch"]) != lease.epoch:
+            return None
+        written = self._write_record(lease.service, {**record, **changes}, stat.version)
+        if written is not None:
+            self._held[lease.service] = _Held(written.version, held.session)
+        return written
 
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        """A versioned write: standbys see the lease znode's version move."""
         sent = self._clock.now()
-        if self._held_by(lease) is None:
+        if self._update_held(lease, {"ttl": ttl}) is None:
             return None
-        return Lease(lease.service, lease.holder, lease.epoch, sent + self.session_timeout)
+        return Lease(lease.service, lease.holder, lease.epoch, sent + ttl)
 
     def release(self, lease: Lease) -> bool:
-        stat = self._held_by(lease)
-        return stat is not None and self._delete_if_unchanged(
-            self._lease_paths(lease.service)[0], stat.version
-        )
+        if self._update_held(lease, {"holder": None}) is None:
+            return False
+        self._held.pop(lease.service, None)
+        self._delete_quietly(self._lease_paths(lease.service).holder)
+        return True
 
     def transfer(self, lease: Lease, to_node: str) -> bool:
-        stat = self._held_by(lease)
-        if stat is None:
+        if self._update_held(lease, {"holder": to_node, "epoch": lease.epoch + 1}) is None:
             return False
-        holder_path, _, handoff_path = self._lease_paths(lease.service)
-        self._delete_if_unchanged(handoff_path, -1)  # an earlier, unclaimed handoff lapses
-        handoff = {"to": to_node, "from": lease.holder, "ttl": self.session_timeout}
-        transaction = self._client.transaction()
-        transaction.delete(holder_path, version=stat.version)
-        transaction.create(handoff_path, json.dumps(handoff).encode())
-        results = self._wait(transaction.commit_async())
-        return not any(isinstance(result, Exception) for result in results)
+        self._held.pop(lease.service, None)
+        self._delete_quietly(self._lease_paths(lease.service).holder)
+        return True
 
     def read_lease(self, service: str) -> LeaseRecord | None:
-        holder_path, epoch_path, _ = self._lease_paths(service)
-        held = self._get(holder_path)
-        ttl = self.session_timeout
-        if held is not None:
-            record = json.loads(held[0])
-            # An ephemeral znode exists only while its session lives: no age to judge.
-            return LeaseRecord(
-                service, record["holder"], int(record["epoch"]), held[1].version, ttl, None
-            )
-        counter = self._get(epoch_path)
-        if counter is None:
+        found = self._get(self._lease_paths(service).lease)
+        if found is None:
             return None
-        return LeaseRecord(service, None, int(counter[0] or b"0"), counter[1].version, ttl, None)
+        record, stat = json.loads(found[0]), found[1]
+        age = max(0.0, self._server_now() - stat.mtime / 1000.0)
+        return LeaseRecord(
+            service, record["holder"], int(record["epoch"]), stat.version, float(record["ttl"]), age
+        )
 
     # -- node registry -------------------------------------------------------------------
     def heartbeat(self, report: NodeReport) -> None:
@@ -346,7 +349,7 @@ class ZooKeeperMetastore(Metastore):
     def set_flag(self, name: str, value: str | None) -> None:
         path = self._path("flags", name)
         if value is None:
-            self._delete_if_unchanged(path, -1)
+            self._delete_quietly(path)
             return
         try:
             self._wait(self._client.set_async(path, value.encode()))
@@ -367,7 +370,7 @@ class ZooKeeperMetastore(Metastore):
     def clear(self) -> None:
         for part in ("nodes", "events", "flags"):
             for name in self._children(self._path(part)):
-                self._delete_if_unchanged(self._path(part, name), -1)
+                self._delete_quietly(self._path(part, name))
 
     def close(self) -> None:
         self._closing = True
