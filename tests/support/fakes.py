@@ -65,6 +65,7 @@ class FlakyStore:
     def __init__(self, inner: Metastore) -> None:
         self._inner = inner
         self.broken = False
+        self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
@@ -72,6 +73,7 @@ class FlakyStore:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
             if self.broken:
                 raise MetastoreError("metastore sqlite:///x: unreachable (test)")
             return attribute(*args, **kwargs)

@@ -73,7 +73,13 @@ class Ensemble:
         config.write_text("\n".join(lines) + "\n")
         return config
 
+    def running(self, index: int) -> bool:
+        process = self.processes.get(index)
+        return process is not None and process.poll() is None
+
     def start(self, index: int) -> None:
+        if self.running(index):
+            return
         log = (self.root / f"server{index}.log").open("ab")
         self.processes[index] = subprocess.Popen(
             [

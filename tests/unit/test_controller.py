@@ -292,3 +292,38 @@ def test_events_from_an_outage_are_recorded_when_the_store_answers_again(
     controller.tick()
     kinds = [e.kind for e in store.events(10)]
     assert kinds[:2] == ["demoted", "scheduler_fenced"]
+
+
+def test_after_a_failed_renewal_no_call_starts_that_could_outlast_the_demote_deadline(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    demote_at = controller.timing.demote_at(controller.lease.valid_until)
+    store.broken = True
+    clock.advance(settings.renew_interval)
+    controller.tick()  # fails: the store may be slow to say so, a whole operation timeout
+    store.calls.clear()
+    clock.advance(demote_at - clock.now() - settings.renew_interval + 0.01)
+    controller.tick()
+    assert "renew" not in store.calls  # it could still be blocked at the deadline
+    assert role_of(controller) is Role.ACTIVE
+    clock.advance(settings.renew_interval)
+    controller.tick()
+    assert role_of(controller) is Role.STANDBY
+    assert launcher.last.stops == [settings.stop_timeout]  # the whole grace, before the fence
+
+
+def test_while_renewals_succeed_a_slow_cycle_never_skips_one(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    store.calls.clear()
+    late = controller.timing.demote_at(controller.lease.valid_until) - clock.now() - 0.5
+    clock.advance(late)  # a cycle far later than renew_interval, but the store is healthy
+    controller.tick()
+    assert "renew" in store.calls
+    assert role_of(controller) is Role.ACTIVE

@@ -79,6 +79,7 @@ class Controller:
         self._reported_pid: int | None = None
         self._stop_requested = False
         self._subreaper = False
+        self._renewal_failed = False
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -111,7 +112,7 @@ class Controller:
         self._handle_strays()
         next_tick = self.clock.now()
         while not self._stop_requested:
-            if self._tick_now or self.clock.now() >= next_tick:
+            if self._tick_now or self.clock.now() >= self._wake_time(next_tick):
                 self._tick_now = False
                 self.tick()
                 next_tick = self.clock.now() + self.settings.renew_interval
@@ -157,10 +158,12 @@ class Controller:
     # -- one cycle -----------------------------------------------------------------------
     def tick(self) -> None:
         self._kill_orphans()
-        self._read_flags()
-        status = self._renew() if self.lease is not None else LeaseStatus.NONE
+        # The renewal comes first, and a store that failed is not asked again this cycle:
+        # each failing call costs an operation timeout, and the demote deadline is near.
+        status = self._renew_in_time() if self.lease is not None else LeaseStatus.NONE
+        reachable = status is not LeaseStatus.UNREACHABLE and self._read_flags()
         decision = decide_leadership(self._snapshot(status), self.timing)
-        if decision is Leadership.ACQUIRE and self._acquire():
+        if decision is Leadership.ACQUIRE and reachable and self._acquire():
             status, decision = LeaseStatus.HELD, Leadership.KEEP
         if decision is Leadership.DEMOTE:
             self._demote(status)
@@ -171,21 +174,23 @@ class Controller:
         elif decision is Leadership.KEEP:
             self._supervise(self._snapshot(status, with_health=True))
         self._handle_strays()
-        self._heartbeat()
-        self.events.flush()
+        if reachable:
+            self._heartbeat()
+            self.events.flush()
 
-    def _read_flags(self) -> None:
+    def _read_flags(self) -> bool:
         """Refresh pause and switchover; on a store error the last known values stand."""
         try:
             flags = self.store.flags()
         except MetastoreError as exc:
             log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
-            return
+            return False
         paused = PAUSED in flags
         if paused != self.paused:
             log.info("cluster %s", "paused" if paused else "resumed", extra={"epoch": self.epoch})
         self.paused = paused
         self.switchover_to = self._switchover_target(flags)
+        return True
 
     def _switchover_target(self, flags: Mapping[str, str]) -> str | None:
         raw = flags.get(switchover_flag(SERVICE))
@@ -217,6 +222,21 @@ class Controller:
         return self.probe.age(self._started_wall, self.clock.wall())
 
     # -- lease ---------------------------------------------------------------------------
+    def _renew_in_time(self) -> LeaseStatus:
+        """Renew; after a failed renewal, only if the call cannot outlast the demote deadline.
+
+        A failing metastore call can block for its whole operation timeout
+        (``renew_interval``); one started too late would push the graceful stop past the
+        guard's fence. While renewals succeed, every cycle renews.
+        """
+        assert self.lease is not None
+        left = self.timing.demote_at(self.lease.valid_until) - self.clock.now()
+        if self._renewal_failed and left < self.settings.renew_interval:
+            return LeaseStatus.UNREACHABLE  # not renewed; at the deadline the policy demotes
+        status = self._renew()
+        self._renewal_failed = status is LeaseStatus.UNREACHABLE
+        return status
+
     def _renew(self) -> LeaseStatus:
         assert self.lease is not None
         try:
@@ -247,6 +267,7 @@ class Controller:
         return True
 
     def _become_standby(self) -> None:
+        self._renewal_failed = False
         self.lease = None
         self.role = Role.STANDBY
         self.scheduler.failed_starts = 0

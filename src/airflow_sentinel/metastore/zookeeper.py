@@ -248,8 +248,13 @@ class ZooKeeperMetastore(Metastore):
     def _update_held(self, lease: Lease, changes: dict[str, Any]) -> ZnodeStat | None:
         """Write the lease znode if this lease is still ours in this ZooKeeper session."""
         held = self._held.get(lease.service)
-        if held is None or held.session != self._my_session():
-            return None  # the session was lost (expired): this node is a standby now
+        if held is None:
+            return None
+        session = self._my_session()
+        if session == -1:  # SUSPENDED: the session may still live; say so, do not give up
+            raise MetastoreError(f"metastore {self.description}: not connected")
+        if held.session != session:
+            return None  # LOST: the session expired; this node is a standby now
         record, stat = self._read_record(lease.service)
         if record["holder"] != lease.holder or int(record["epoch"]) != lease.epoch:
             return None
