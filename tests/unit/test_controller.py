@@ -312,7 +312,8 @@ def test_after_a_failed_renewal_no_call_starts_that_could_outlast_the_demote_dea
     clock.advance(settings.renew_interval)
     controller.tick()
     assert role_of(controller) is Role.STANDBY
-    assert launcher.last.stops == [settings.stop_timeout]  # the whole grace, before the fence
+    [grace] = launcher.last.stops  # nearly the whole grace, and all of it before the fence
+    assert grace == pytest.approx(settings.stop_timeout, abs=0.02)
 
 
 def test_while_renewals_succeed_a_slow_cycle_never_skips_one(
