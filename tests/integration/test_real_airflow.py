@@ -141,8 +141,7 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         wait_until(lambda: fresh_heartbeat_since(home, began), 90, "a scheduler heartbeat")
 
         # 1. Kill the scheduler: restarted at once on the same node, workers and all gone.
-        workers = airflow_children_of(first)
-        assert workers, "LocalExecutor workers expected"
+        workers = wait_until(lambda: airflow_children_of(first), 60, "LocalExecutor workers")
         killed_at = datetime.now(timezone.utc)
         first.send_signal(signal.SIGKILL)
         _, alive = psutil.wait_procs([first, *workers], timeout=15)
@@ -156,7 +155,7 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         wait_until(lambda: fresh_heartbeat_since(home, killed_at), 90, "its heartbeat")
 
         # 2. Kill -9 the active controller: no scheduler or worker left behind, b takes over.
-        workers = airflow_children_of(second)
+        workers = wait_until(lambda: airflow_children_of(second), 60, "its workers")
         moved_at = datetime.now(timezone.utc)
         os.kill(cluster.pid_of("a"), signal.SIGKILL)
         _, alive = psutil.wait_procs([second, *workers], timeout=15)
@@ -166,8 +165,7 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         wait_until(lambda: fresh_heartbeat_since(home, moved_at), 90, "b's scheduler heartbeat")
 
         # 3. Stop the last controller cleanly: nothing of Airflow is left running.
-        workers = airflow_children_of(third)
-        assert workers
+        workers = wait_until(lambda: airflow_children_of(third), 60, "b's workers")
         cluster.processes["b"].terminate()
         assert cluster.processes["b"].wait(timeout=60) == 0
         _, alive = psutil.wait_procs([third, *workers], timeout=5)
