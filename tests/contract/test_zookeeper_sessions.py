@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
 from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.errors import MetastoreError
@@ -90,3 +92,25 @@ def test_the_holder_znode_shows_who_leads_while_its_session_lives(
     assert b._client.exists(holder_path) is not None
     expire(a, metastore_url)
     assert b._client.exists(holder_path) is None
+
+
+def test_digest_auth_protects_what_it_creates_and_never_shows_the_password(
+    metastore_url: str, clock: FakeClock
+) -> None:
+    hosts, path = metastore_url.split("://", 1)[1].split("/", 1)
+    secured = f"zookeeper://sentinel:s3cretpw@{hosts}/{path}-auth"
+    store = cast(ZooKeeperMetastore, open_metastore(secured, clock, 5, TTL))
+    try:
+        assert store.try_acquire(SERVICE, "a", TTL) is not None
+        assert "s3cretpw" not in store.description
+        assert store.description.startswith("zookeeper://sentinel:***@")
+        anonymous = KazooClient(hosts=hosts)
+        anonymous.start(timeout=10)
+        try:
+            with pytest.raises(NoAuthError):
+                anonymous.get(f"/{path}-auth/leases/{SERVICE}/lease")
+        finally:
+            anonymous.stop()
+            anonymous.close()
+    finally:
+        store.close()
