@@ -347,26 +347,20 @@ class Controller:
     # -- scheduler -----------------------------------------------------------------------
     def _supervise(self, snapshot: Snapshot) -> None:
         action = decide_supervision(snapshot, self.timing)
-        grace = self.settings.stop_timeout
         if action is Supervision.START:
             self._start_scheduler()
         elif action is Supervision.PROVEN:
             self.scheduler.proven()
             log.info("scheduler healthy", extra={"epoch": self.epoch})
         elif action is Supervision.FAILED_START:
-            self._emit(
-                ev.SCHEDULER_RESTARTED,
-                f"not healthy within {self.settings.start_timeout:g}s",
-                logging.WARNING,
-            )
-            self.scheduler.stop(grace)
+            self._restart(f"not healthy within {self.settings.start_timeout:g}s")
         elif action is Supervision.HUNG:
-            self._emit(
-                ev.SCHEDULER_RESTARTED,
-                f"heartbeat older than {self.settings.heartbeat_grace:g}s",
-                logging.WARNING,
-            )
-            self.scheduler.stop(grace)
+            self._restart(f"heartbeat older than {self.settings.heartbeat_grace:g}s")
+
+    def _restart(self, why: str) -> None:
+        """Stop the scheduler; its end (an event from the guard) starts the next one."""
+        self._emit(ev.SCHEDULER_RESTARTED, why, logging.WARNING)
+        self.scheduler.stop(self.settings.stop_timeout)
 
     def _scheduler_env(self) -> dict[str, str]:
         env = dict(os.environ)

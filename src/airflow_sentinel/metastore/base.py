@@ -56,15 +56,9 @@ class NodeReport:
 
 
 @dataclass(frozen=True)
-class NodeRecord:
-    node_id: str
-    host: str
-    role: str
-    scheduler_running: bool
-    scheduler_pid: int | None
-    fit: bool
-    version: str
-    epoch: int | None
+class NodeRecord(NodeReport):
+    """A node's last report, as any node reads it."""
+
     last_heartbeat_age_s: float
 
 
