@@ -157,10 +157,7 @@ class ZooKeeperMetastore(Metastore):
         return "/".join((self._root, *parts))
 
     def _ensure(self, path: str) -> None:
-        try:
-            self._client.ensure_path(path)
-        except UNREACHABLE as exc:
-            raise MetastoreError(self._explain(exc)) from None
+        self._wait(self._client.ensure_path_async(path))
 
     def _server_now(self) -> float:
         """The ensemble's time in seconds, read from the mtime of a touched znode."""
