@@ -20,6 +20,7 @@ Protocol: the controller writes ``deadline T`` (absolute CLOCK_BOOTTIME seconds)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import selectors
 import signal
@@ -49,7 +50,8 @@ class GuardState:
 
 
 def report(message: str) -> None:
-    os.write(sys.stdout.fileno(), f"{message}\n".encode())
+    with contextlib.suppress(BrokenPipeError):  # the controller is gone: no one to tell
+        os.write(sys.stdout.fileno(), f"{message}\n".encode())
 
 
 def reap(state: GuardState) -> None:
