@@ -13,6 +13,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from airflow_sentinel.errors import UserError
 from airflow_sentinel.metastore.sql import create_sql_engine
 from airflow_sentinel.metastore.urls import normalize_metastore_url
 
@@ -48,7 +49,15 @@ def _as_epoch(value: object) -> float | None:
 
 class JobTableProbe:
     def __init__(self, airflow_db_url: str, timeout: float) -> None:
-        self._engine = create_sql_engine(normalize_metastore_url(airflow_db_url), timeout)
+        try:
+            url = normalize_metastore_url(airflow_db_url)
+        except ValueError as exc:
+            raise UserError(
+                f"health_check = heartbeat: Airflow's sql_alchemy_conn: {exc}"
+            ) from None
+        if url.startswith("zookeeper:"):
+            raise UserError("health_check = heartbeat: Airflow's sql_alchemy_conn must be SQL")
+        self._engine = create_sql_engine(url, timeout)
 
     def age(self, started_wall: float, now_wall: float) -> float | None:
         try:
