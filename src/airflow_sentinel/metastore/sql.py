@@ -109,7 +109,16 @@ def create_sql_engine(url: str, op_timeout: float) -> Engine:
     elif parsed.drivername.startswith("mysql"):
         connect_args.update(connect_timeout=seconds, read_timeout=seconds, write_timeout=seconds)
     else:
-        connect_args.update(connect_timeout=max(2, seconds), tcp_user_timeout=seconds * 1000)
+        # tcp_user_timeout bounds a send nobody acknowledges; keepalives bound a wait for an
+        # answer that a partition dropped (libpq has no read timeout of its own).
+        connect_args.update(
+            connect_timeout=max(2, seconds),
+            tcp_user_timeout=seconds * 1000,
+            keepalives=1,
+            keepalives_idle=seconds,
+            keepalives_interval=1,
+            keepalives_count=2,
+        )
     engine = sa.create_engine(
         url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300, future=True
     )
