@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import sqlalchemy as sa
 
 from tests.support.cluster import Cluster, running_cluster, wait_until
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 NODES = ("a", "b", "c")
@@ -148,3 +150,30 @@ def test_kill_9_of_the_guard_takes_the_scheduler_and_its_children_with_it(
     assert alive == []
     cluster.wait_for_one_scheduler(timeout=20, on=first)
     assert_no_overlap(cluster)
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "postgresql"])
+def test_a_leader_cut_off_from_the_metastore_is_fenced_before_another_takes_over(
+    cluster: Cluster,
+) -> None:
+    url = sa.make_url(cluster.metastore_url)
+    upstream = (str(url.host), int(url.port or 0))
+    proxies = {node: Proxy(upstream) for node in NODES}
+    try:
+        for node in NODES:
+            host, port = proxies[node].address.split(":")
+            cluster.metastore_url = url.set(host=host, port=int(port)).render_as_string(False)
+            cluster.start(node)
+        first = cluster.wait_for_one_scheduler()
+        wait_until(cluster.probe_lines, 20, "the scheduler to run")
+        proxies[first].sever()  # its packets vanish; the metastore itself is fine
+        cluster.wait_for_one_scheduler(timeout=60, not_on=first)
+        proxies[first].heal()
+        wait_until(
+            lambda: cluster.nodes()[first].role == "standby", 60, f"{first} to rejoin as a standby"
+        )
+        assert len(cluster.running_on()) == 1
+        assert_no_overlap(cluster)
+    finally:
+        for proxy in proxies.values():
+            proxy.close()

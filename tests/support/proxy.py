@@ -50,9 +50,7 @@ class Proxy:
             while chunk := source.recv(65536):
                 if not self.cut.is_set():  # while cut, bytes vanish like dropped packets
                     sink.sendall(chunk)
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.close()
+        _hang_up(source, sink)
 
     def sever(self) -> None:
         self.cut.set()
@@ -61,12 +59,20 @@ class Proxy:
         """Close the connections that lost bytes; new ones go through again."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
+        _hang_up(*sockets)
         self.cut.clear()
 
     def close(self) -> None:
         self.closed.set()
         self.listener.close()
         self.heal()
+
+
+def _hang_up(*sockets: socket.socket) -> None:
+    """FIN to every peer (a plain close() leaves a peer hanging while a thread still
+    reads the socket), then close."""
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -6,6 +6,7 @@ it for a recorder (``Launcher`` is the seam).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -121,7 +122,8 @@ class GuardedRun:
             self._process.wait()
         for stream in (self._process.stdout, self._process.stdin):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # the guard is gone; nothing to flush to
+                    stream.close()
         return ended
 
     def wait(self, timeout: float) -> RunEnded | None:
@@ -157,6 +159,7 @@ class GuardLauncher:
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            bufsize=0,  # each command reaches the guard whole, or fails at once
             env=dict(env),
             start_new_session=True,
         )
