@@ -328,3 +328,16 @@ def test_while_renewals_succeed_a_slow_cycle_never_skips_one(
     controller.tick()
     assert "renew" in store.calls
     assert role_of(controller) is Role.ACTIVE
+
+
+def test_the_scheduler_gets_its_marker_and_epoch_but_none_of_our_settings(
+    settings: Settings, store: FlakyStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__SENTINEL__METASTORE", "postgresql://u:s3cretpw@db/airflow")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    env = controller._scheduler_env()
+    assert (env["AIRFLOW_SENTINEL_NODE_ID"], env["AIRFLOW_SENTINEL_EPOCH"]) == ("a", "1")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert not [k for k in env if k.startswith("AIRFLOW__SENTINEL__")]

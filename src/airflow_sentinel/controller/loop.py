@@ -363,7 +363,8 @@ class Controller:
         self.scheduler.stop(self.settings.stop_timeout)
 
     def _scheduler_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # Airflow needs none of our settings, and the metastore URL may carry a password.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__SENTINEL__")}
         env[MARKER_ENV] = self.settings.node_id
         env[EPOCH_ENV] = str(self.epoch)
         return env
