@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,6 @@ from airflow_sentinel.errors import ConfigError, UserError
 TIMING_KEYS = ("lease_ttl", "renew_interval", "stop_timeout", "start_timeout", "heartbeat_grace")
 FLOAT_KEYS = tuple(k.name for k in KEYS if k.kind == "float")
 INT_KEYS = tuple(k.name for k in KEYS if k.kind == "int")
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No AIRFLOW* variable of the real environment may reach the code under test."""
-    for name in list(os.environ):
-        if name.upper().startswith("AIRFLOW"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    yield
 
 
 def write_cfg(home: Path, text: str) -> Path:

@@ -6,7 +6,6 @@ import configparser
 import os
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ EXISTING = (
     "sql_alchemy_conn = postgresql://af:pw@db/airflow\n"
     "# unicode: Zürich, 東京\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.upper().startswith("AIRFLOW"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    yield
 
 
 def config_at(home: Path) -> AirflowConfig:
