@@ -35,7 +35,7 @@ class ClusterState:
         lease = self.lease
         if lease is None or lease.holder is None:
             return None
-        if lease.age_s is not None and lease.age_s > max(lease.ttl, 0.0) and lease.ttl > 0:
+        if lease.age_s is not None and lease.ttl > 0 and lease.age_s > lease.ttl:
             return None
         return lease.holder
 

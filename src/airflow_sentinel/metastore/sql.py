@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from airflow_sentinel.metastore.base import (
     NodeRecord,
     NodeReport,
 )
+from airflow_sentinel.metastore.observed import ObservedExpiry
 from airflow_sentinel.metastore.urls import mask, scrub
 
 metadata = sa.MetaData()
@@ -81,12 +81,6 @@ flag_table = sa.Table(
 )
 
 PRUNE_EVERY = 50
-
-
-@dataclass(frozen=True)
-class _Observation:
-    state: tuple[str | None, int, int]
-    since: float
 
 
 def _server_now(dialect: str) -> sa.ColumnElement[Any]:
@@ -156,7 +150,7 @@ class SqlMetastore(Metastore):
         self._clock = clock
         self._engine = create_sql_engine(url, op_timeout)
         self._dialect = self._engine.dialect.name
-        self._observed: dict[str, _Observation] = {}
+        self._expiry = ObservedExpiry()
         self._events_written = 0
 
     @property
@@ -260,18 +254,14 @@ class SqlMetastore(Metastore):
             )
         if result.rowcount != 1:
             return None
-        self._observed.pop(service, None)
+        self._expiry.forget(service)
         return Lease(service, node_id, row.epoch + 1, valid_until=sent + ttl)
 
     def _may_take(self, service: str, row: Any, node_id: str, seen_at: float) -> bool:
         if row.holder is None or row.holder == node_id:
             return True
         state = (row.holder, int(row.epoch), int(row.version))
-        seen = self._observed.get(service)
-        if seen is None or seen.state != state:
-            self._observed[service] = _Observation(state, seen_at)
-            return False
-        return seen_at - seen.since >= float(row.ttl)
+        return self._expiry.expired(service, state, float(row.ttl), seen_at)
 
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         sent = self._clock.now()

@@ -54,18 +54,13 @@ from airflow_sentinel.metastore.base import (
     NodeRecord,
     NodeReport,
 )
+from airflow_sentinel.metastore.observed import ObservedExpiry
 from airflow_sentinel.metastore.urls import ZooKeeperUrl, parse_zookeeper_url
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 50
 UNREACHABLE = (KazooException, KazooTimeoutError)
-
-
-@dataclass(frozen=True)
-class _Seen:
-    state: tuple[object, ...]
-    since: float
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class ZooKeeperMetastore(Metastore):
         self._closing = False
         self._client.add_listener(self._on_state)
         self._root = self._url.path.rstrip("/")
-        self._observed: dict[str, _Seen] = {}
+        self._expiry = ObservedExpiry()
         self._held: dict[str, _Held] = {}
         self._events_written = 0
         try:
@@ -214,11 +209,7 @@ class ZooKeeperMetastore(Metastore):
         holder = record["holder"]
         if holder not in (None, node_id):
             state = (holder, int(record["epoch"]), stat.version)
-            seen = self._observed.get(service)
-            if seen is None or seen.state != state:
-                self._observed[service] = _Seen(state, seen_at)
-                return None
-            if seen_at - seen.since < float(record["ttl"]):
+            if not self._expiry.expired(service, state, float(record["ttl"]), seen_at):
                 return None
         sent = self._clock.now()
         epoch = int(record["epoch"]) + 1
@@ -226,7 +217,7 @@ class ZooKeeperMetastore(Metastore):
         written = self._write_record(service, taken, stat.version)
         if written is None:
             return None
-        self._observed.pop(service, None)
+        self._expiry.forget(service)
         self._held[service] = _Held(written.version, self._my_session())
         self._mark_presence(service, taken)
         return Lease(service, node_id, epoch, sent + ttl)

@@ -1,0 +1,34 @@
+"""Lease expiry judged on locally observed time, shared by every backend.
+
+A standby may take a lease held by another node only after it has seen the lease in the
+same state (holder, epoch, version) for the holder's TTL on its own monotonic clock. Every
+renewal changes the version, so the wait restarts with each renewal the standby sees. No
+host compares its time of day with another's: only clock rates matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class _Seen:
+    state: Hashable
+    since: float
+
+
+class ObservedExpiry:
+    def __init__(self) -> None:
+        self._seen: dict[str, _Seen] = {}
+
+    def expired(self, service: str, state: Hashable, ttl: float, now: float) -> bool:
+        """True once ``state`` has been seen unchanged for ``ttl``; a new state restarts."""
+        seen = self._seen.get(service)
+        if seen is None or seen.state != state:
+            self._seen[service] = _Seen(state, now)
+            return False
+        return now - seen.since >= ttl
+
+    def forget(self, service: str) -> None:
+        self._seen.pop(service, None)
