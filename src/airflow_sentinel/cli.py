@@ -22,7 +22,7 @@ from airflow_sentinel.config.airflow_cfg import add_sentinel_section, load_airfl
 from airflow_sentinel.errors import MetastoreError, NodeIdConflict, SentinelError, UserError
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import PAUSED, switchover_flag
-from airflow_sentinel.metastore.urls import password_of
+from airflow_sentinel.metastore.urls import mask, password_of
 from airflow_sentinel.status import ClusterState, read_cluster, render_events, render_status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,7 +219,7 @@ def clear_metadata(yes: bool, **flags: Any) -> None:
     """Forget nodes, events and flags. The lease and its epoch are kept, so it stays safe."""
     settings = settings_from(flags)
     if not yes and not click.confirm(
-        f"clear the node registry, events and flags in {settings.metastore.split('@')[-1]}?"
+        f"clear the node registry, events and flags in {mask(settings.metastore)}?"
     ):
         raise UserError("not confirmed; nothing was cleared (use --yes to skip the question)")
     with metastore_for(settings) as store:
