@@ -312,6 +312,15 @@ def choose_target(state: ClusterState, active: str, target: str | None) -> str:
     return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id
 
 
+def _add_soak() -> None:
+    from airflow_sentinel.soak.command import soak
+
+    cli.add_command(soak)
+
+
+_add_soak()
+
+
 def main() -> None:
     try:
         cli.main(prog_name="airflow-sentinel", standalone_mode=False)

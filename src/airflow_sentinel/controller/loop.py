@@ -272,13 +272,16 @@ class Controller:
         self.role = Role.STANDBY
         self.scheduler.failed_starts = 0
 
-    def _release(self) -> None:
+    def _release(self) -> bool:
+        """Give the lease up at once; False when the store did not answer (it expires)."""
         if self.lease is None:
-            return
+            return False
         try:
             self.store.release(self.lease)
         except MetastoreError as exc:
             log.warning("cannot release the lease: %s", exc, extra={"epoch": self.epoch})
+            return False
+        return True
 
     def _stop_scheduler(self) -> bool:
         """Stop gracefully within the fence; True when the scheduler is known dead."""
@@ -475,8 +478,8 @@ class Controller:
     def shutdown(self) -> None:
         dead = self._stop_scheduler()
         if dead and self.lease is not None:
-            self._release()
-            self._emit(ev.CONTROLLER_STOPPED, "lease released")
+            released = self._release()
+            self._emit(ev.CONTROLLER_STOPPED, "lease released" if released else "lease expires")
         else:
             self._emit(ev.CONTROLLER_STOPPED, "")
         self.lease = None

@@ -1,0 +1,245 @@
+"""One soak: build the hosts and the metastore, start the controllers, inject faults,
+record, tear everything down however the run ends, and judge the history."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from airflow_sentinel.errors import SentinelError
+from airflow_sentinel.soak import hosts
+from airflow_sentinel.soak.checker import Fault, Verdict, check
+from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, hold_until, kinds_for
+from airflow_sentinel.soak.nodes import PROFILES, Node, lease_ttl, probe_command
+from airflow_sentinel.soak.probe import boottime
+from airflow_sentinel.soak.recorder import Recorder
+from airflow_sentinel.soak.servers import SERVERS, Server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    backend: str
+    nodes: int = 3
+    faults: int = 20
+    duration: float | None = None  # seconds; stop early when it is reached
+    seed: int = 0
+    profile: str = "fast"
+    overlap: float = 0.0  # chance that a second fault joins the first
+    kinds: tuple[str, ...] = KINDS
+    each: int = 0  # > 0: exactly this many faults of each kind, shuffled (the short form)
+    out: Path = field(default_factory=lambda: Path("soak-out"))
+
+    def schedule(self, available: tuple[str, ...]) -> list[str]:
+        """The fault kinds in the order they will come (seeded)."""
+        rng = random.Random(self.seed)
+        kinds = [k for k in self.kinds if k in available]
+        if self.each:
+            order = [k for k in kinds for _ in range(self.each)]
+            rng.shuffle(order)
+            return order
+        return [rng.choice(kinds) for _ in range(self.faults)]
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    faults: list[Fault]
+    lives: list[dict[str, object]]
+    started: float
+    interrupted: str | None = None
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the soak: stop injecting, clean up, still report."""
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    raised = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:  # a second Ctrl-C must not cut the cleanup short
+            raised = True
+            raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass
+class Soak:
+    plan: Plan
+    network: hosts.Network | None = None
+    server: Server | None = None
+    recorder: Recorder | None = None
+    nodes: list[Node] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ttl(self) -> float:
+        return lease_ttl(self.plan.profile)
+
+    def run(self) -> Outcome:
+        hosts.preflight()
+        hosts.remove_leftovers()
+        self.plan.out.mkdir(parents=True, exist_ok=True)
+        self.plan.out.chmod(0o755)  # a private database server runs as its own user
+        interrupted = None
+        with interruptible(), ExitStack() as cleanup:
+            cleanup.callback(self._teardown)
+            started = boottime()
+            try:
+                self._build_or_explain()
+                self._wait_stable(timeout=60 + 6 * self.ttl)
+                self._inject_all()
+                # Watch a while longer: a fault's consequences may come late.
+                self._wait_stable(timeout=60 + 6 * self.ttl, settle=2 * self.ttl)
+            except Interrupted as signal_name:
+                interrupted = str(signal_name)
+                log.warning("interrupted by %s: cleaning up", interrupted)
+            end = boottime()
+            assert self.recorder is not None
+            lives = self.recorder.history()
+        verdict = check(lives, self.faults, (self._first_start(lives, started), end))
+        return Outcome(verdict, self.faults, lives, started, interrupted)
+
+    # -- setup and teardown -------------------------------------------------------------
+    def _build_or_explain(self) -> None:
+        try:
+            self._build()
+        except subprocess.CalledProcessError as exc:
+            said = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
+            raise SentinelError(f"soak setup failed: {exc.cmd[0]}: {' '.join(said)}") from exc
+        except (OSError, RuntimeError) as exc:
+            raise SentinelError(f"soak setup failed: {exc}") from exc
+
+    def _build(self) -> None:
+        out = self.plan.out
+        self.network = hosts.Network(self.plan.nodes).create()
+        server_dir = out / "metastore"
+        server_dir.mkdir(exist_ok=True)
+        self.server = SERVERS[self.plan.backend](server_dir, self.network.gateway)
+        self.server.prepare()
+        self.server.start()
+        self.recorder = Recorder(out / "recorder.sock").start()
+        settings = dict(PROFILES[self.plan.profile])
+        settings["metastore"] = self.server.url
+        settings["scheduler_command"] = probe_command(self.recorder.path)
+        for host in self.network.hosts:
+            node = Node(host, out / "nodes" / host.name, settings)
+            node.start()
+            self.nodes.append(node)
+        log.info(
+            "%d hosts on %s, metastore %s", len(self.nodes), self.network.subnet, self.server.url
+        )
+
+    def _teardown(self) -> None:
+        for node in self.nodes:
+            try:
+                node.stop(timeout=30)
+            except Exception:
+                log.exception("stopping %s", node.name)
+        if self.network is not None:
+            self.network.destroy()
+        if self.server is not None:
+            self.server.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    # -- the run ------------------------------------------------------------------------
+    def _inject_all(self) -> None:
+        assert self.server is not None and self.recorder is not None
+        rng = random.Random(self.plan.seed + 1)
+        nemesis = Nemesis(self.nodes, self.server, self.recorder, self.ttl, rng)
+        schedule = self.plan.schedule(kinds_for(self.server))
+        deadline = None if self.plan.duration is None else time.monotonic() + self.plan.duration
+        while schedule:
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("duration reached with %d faults left", len(schedule))
+                break
+            self._wait_stable(timeout=60 + 6 * self.ttl)
+            time.sleep(rng.uniform(0.5, 1.5))
+            batch = [schedule.pop(0)]
+            if schedule and rng.random() < self.plan.overlap:
+                batch.append(schedule.pop(0))
+            self._apply(nemesis, batch)
+
+    def _apply(self, nemesis: Nemesis, batch: list[str]) -> None:
+        busy: set[str] = set()
+        injected: list[Injected] = []
+        for kind in batch:
+            node = nemesis.pick(kind, busy)
+            busy.add(node.name)
+            injected.append(nemesis.inject(kind, node))
+            log.info(
+                "fault %d: %s on %s", len(self.faults) + len(injected), kind, injected[-1].node
+            )
+        for fault in sorted(injected, key=lambda f: f.heal_at):
+            hold_until(fault.heal_at)
+            try:
+                fault.heal()
+            except Exception as exc:
+                fault.ok, fault.detail = False, f"healing failed: {exc}"
+            self.faults.append(
+                Fault(fault.kind, fault.node, fault.at, boottime(), fault.ok, fault.detail)
+            )
+
+    def _wait_stable(self, timeout: float, settle: float = 1.0) -> bool:
+        """Until every controller runs and a scheduler does, without a break for ``settle``
+        seconds (so a scheduler in its last moments does not count); False on timeout."""
+        assert self.recorder is not None
+        give_up = time.monotonic() + timeout
+        since = None
+        while time.monotonic() < give_up:
+            for node in self.nodes:
+                if not node.running:
+                    log.warning("controller %s exited; starting it again", node.name)
+                    node.start()
+            if all(n.running for n in self.nodes) and self.recorder.alive():
+                since = since or time.monotonic()
+                if time.monotonic() - since >= settle:
+                    return True
+            else:
+                since = None
+            time.sleep(0.05)
+        log.error("no steady scheduler within %gs", timeout)
+        return False
+
+    @staticmethod
+    def _first_start(lives: list[dict[str, object]], started: float) -> float:
+        starts = [float(str(life["start"])) for life in lives if life["role"] == "scheduler"]
+        return min(starts, default=started)
+
+
+def save(outcome: Outcome, plan: Plan) -> Path:
+    """history.json: everything the checker saw, so a run can be judged again later."""
+    path = plan.out / "history.json"
+    data = {
+        "plan": {
+            "backend": plan.backend, "nodes": plan.nodes, "faults": plan.faults,
+            "duration": plan.duration, "seed": plan.seed, "profile": plan.profile,
+            "overlap": plan.overlap, "kinds": list(plan.kinds), "each": plan.each,
+        },
+        "span": list(outcome.verdict.span),
+        "lives": outcome.lives,
+        "faults": [vars(f) for f in outcome.faults],
+        "interrupted": outcome.interrupted,
+    }  # fmt: skip
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path

@@ -1,0 +1,261 @@
+"""Private metastore servers for a soak: started, restarted and removed by the soak only.
+
+Each listens on the bridge's address (so test hosts reach it over their veth, and a cut
+silences it) and keeps its data in the soak's directory. They run in the foreground as
+children that die with the soak (PDEATHSIG), so not even kill -9 of the soak leaves one
+behind. The operator's own database servers are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from airflow_sentinel.errors import UserError
+from airflow_sentinel.process.linux import die_with_parent
+
+ZOOKEEPER_CLASSPATH = os.environ.get(
+    "SENTINEL_ZOOKEEPER_CLASSPATH", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not found:
+        raise UserError("the postgresql backend needs PostgreSQL's server (Debian: postgresql)")
+    return found[-1].parent
+
+
+class Server(ABC):
+    """A metastore for the soak. ``restartable`` is False where there is no server."""
+
+    restartable = True
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, root: Path, host: str) -> None:
+        self.root = root
+        self.host = host
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The metastore URL, as the test hosts reach it."""
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Create the data directory (once)."""
+
+    @abstractmethod
+    def command(self) -> list[str]: ...
+
+    def user(self) -> str | None:
+        return None
+
+    def start(self, timeout: float = 60) -> None:
+        parent = os.getpid()
+        log = (self.root / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            user=self.user(),
+            preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509 - prctl only, no locks
+        )
+        log.close()
+        self._wait_listening(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(self.stop_signal)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+
+    @property
+    @abstractmethod
+    def port(self) -> int: ...
+
+    def _wait_listening(self, timeout: float) -> None:
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{type(self).__name__} exited; see {self.root}/server.log")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{type(self).__name__} did not listen within {timeout:g}s")
+
+
+class SqliteFile(Server):
+    """No server: the database file is on the disk every test host shares."""
+
+    restartable = False
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.root / 'sentinel.db'}"
+
+    @property
+    def port(self) -> int:
+        return 0
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return []
+
+    def start(self, timeout: float = 60) -> None:
+        pass
+
+
+class Postgres(Server):
+    """Runs as the `postgres` user when the soak is root, so its data lives in a directory
+    of its own that that user can reach (the soak's may be private), removed at close."""
+
+    def __init__(self, root: Path, host: str) -> None:
+        super().__init__(root, host)
+        self._port = free_port(host)
+        self.home = Path(tempfile.mkdtemp(prefix="airflow-sentinel-soak-pg-"))
+        self.data = self.home / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self._port}/postgres"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def user(self) -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
+
+    def prepare(self) -> None:
+        if self.user():
+            shutil.chown(self.home, "postgres")
+        subprocess.run(
+            [str(_pg_bin() / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+             "-N", "-E", "UTF8"],
+            user=self.user(), check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {self.host}/24 trust\n")
+
+    def command(self) -> list[str]:
+        return [
+            str(_pg_bin() / "postgres"), "-D", str(self.data), "-p", str(self._port),
+            "-c", f"listen_addresses={self.host}", "-c", f"unix_socket_directories={self.home}",
+            "-c", "fsync=off", "-c", "max_connections=50",
+        ]  # fmt: skip
+
+    # SIGTERM would wait for every client to leave; SIGINT is PostgreSQL's fast shutdown.
+    stop_signal = signal.SIGINT
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class MariaDB(Server):
+    def __init__(self, root: Path, host: str) -> None:
+        super().__init__(root, host)
+        self._port = free_port(host)
+        self.data = root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@{self.host}:{self._port}/sentinel"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def prepare(self) -> None:
+        installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+        if installer is None:
+            raise UserError("the mariadb backend needs MariaDB's server (Debian: mariadb-server)")
+        subprocess.run(
+            [installer, "--no-defaults", f"--datadir={self.data}", "--user=root",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        (self.data / "sentinel").mkdir(exist_ok=True)  # the database, as a directory
+
+    def command(self) -> list[str]:
+        server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        # A throwaway server on a private bridge: no grant tables, so the hosts need no
+        # password.
+        return [
+            server, "--no-defaults", f"--datadir={self.data}", f"--port={self._port}",
+            f"--bind-address={self.host}", f"--socket={self.root / 'mysqld.sock'}",
+            f"--pid-file={self.root / 'mysqld.pid'}", "--user=root", "--skip-grant-tables",
+            "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+            "--innodb-flush-log-at-trx-commit=2", "--max-connections=100",
+        ]  # fmt: skip
+
+
+class ZooKeeper(Server):
+    def __init__(self, root: Path, host: str) -> None:
+        super().__init__(root, host)
+        self._port = free_port(host)
+
+    @property
+    def url(self) -> str:
+        return f"zookeeper://{self.host}:{self._port}/sentinel"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def prepare(self) -> None:
+        if shutil.which("java") is None or not Path(ZOOKEEPER_CLASSPATH.split(":")[-1]).exists():
+            raise UserError("the zookeeper backend needs Java and ZooKeeper (Debian: zookeeper)")
+        (self.root / "data").mkdir(exist_ok=True)
+        # tickTime 1 s: sessions may last 2 s to 20 s, which covers both timing profiles.
+        (self.root / "zoo.cfg").write_text(
+            "tickTime=1000\ninitLimit=10\nsyncLimit=5\n"
+            f"dataDir={self.root / 'data'}\nclientPort={self._port}\n"
+            f"clientPortAddress={self.host}\nadmin.enableServer=false\n"
+        )
+
+    def command(self) -> list[str]:
+        return [
+            "java", "-Xmx256m", "-Dzookeeper.log.dir=" + str(self.root),
+            "-cp", ZOOKEEPER_CLASSPATH,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.root / "zoo.cfg"),
+        ]  # fmt: skip
+
+
+SERVERS: dict[str, type[Server]] = {
+    "sqlite": SqliteFile,
+    "mariadb": MariaDB,
+    "postgresql": Postgres,
+    "zookeeper": ZooKeeper,
+}

@@ -1,0 +1,157 @@
+"""The fault-injection soak, for real: network-namespace hosts, private metastore servers,
+real controllers and probes. The short form runs on every backend; the others check that
+the witness is not blind and that nothing is left behind however a soak ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from airflow_sentinel.soak import hosts
+from airflow_sentinel.soak.checker import check
+from airflow_sentinel.soak.nemesis import KINDS, PARTITION, RESTART_METASTORE
+from airflow_sentinel.soak.recorder import Recorder
+from tests.support.backends import selected_backends
+from tests.support.cluster import wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the soak creates network namespaces")
+
+
+def soak(out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow_sentinel", "soak", "run", "--out", str(out), "-v", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def what_is_left(owner: int, out: Path) -> list[str]:
+    """Namespaces, links and processes of the soak with pid ``owner``."""
+    left = [
+        line.split()[0]
+        for line in hosts.ip("netns", "list").splitlines()
+        if line.startswith(f"{hosts.PREFIX}{owner}-")
+    ]
+    left += [name for name in hosts._links() if name.startswith(f"{hosts.PREFIX}{owner}")]
+    for proc in psutil.process_iter(["cmdline", "pid"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            home = proc.environ().get("AIRFLOW_HOME", "")
+        except psutil.Error:
+            continue
+        if str(out) in cmdline or home.startswith(str(out)):
+            left.append(f"pid {proc.pid}: {cmdline[:120]}")
+    return left
+
+
+@pytest.mark.parametrize("backend", selected_backends())
+def test_short_soak_finds_no_overlap(backend: str, tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    run = soak(out, "--backend", backend, "--short", "--seed", "11")
+    output, _ = run.communicate(timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    assert run.returncode == 0, output
+    assert summary["passed"] and summary["overlaps"] == 0 and summary["orphaned_children"] == 0
+    expected = set(KINDS) - ({PARTITION, RESTART_METASTORE} if backend == "sqlite" else set())
+    counts = {row["kind"]: row["faults"] + row["not_injected"] for row in summary["by_kind"]}
+    assert counts == dict.fromkeys(expected, 2)
+    assert summary["all"]["unrecovered"] == 0
+    assert (out / "timeline.svg").read_text().startswith("<svg")
+    assert what_is_left(run.pid, out) == []
+
+
+def _wait_for_first_fault(run: subprocess.Popen[str]) -> list[str]:
+    assert run.stdout is not None
+    seen = []
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        line = run.stdout.readline()
+        seen.append(line)
+        if " fault 1: " in line:
+            return seen
+        if not line and run.poll() is not None:
+            break
+    raise AssertionError("the soak injected no fault:\n" + "".join(seen))
+
+
+def test_ctrl_c_stops_the_soak_cleans_up_and_still_reports(tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    run = soak(out, "--backend", "postgresql", "--faults", "100")
+    _wait_for_first_fault(run)
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, output
+    assert json.loads((out / "summary.json").read_text())["interrupted"] == "SIGINT"
+    assert what_is_left(run.pid, out) == []
+
+
+def test_a_killed_soak_leaves_only_namespaces_which_the_next_one_removes(tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    run = soak(out, "--backend", "mariadb", "--faults", "100")
+    _wait_for_first_fault(run)
+    run.kill()
+    run.communicate(timeout=30)
+
+    # Servers, controllers, guards and probes die with it (PDEATHSIG, fences).
+    def only_namespaces_left() -> list[str] | None:
+        found = what_is_left(run.pid, out)
+        return None if any(f.startswith("pid") for f in found) else found
+
+    left = wait_until(only_namespaces_left, 30, "the soak's processes to die with it")
+    assert any(name.startswith(f"{hosts.PREFIX}{run.pid}-") for name in left)
+    assert run.pid in hosts.remove_leftovers()
+    assert what_is_left(run.pid, out) == []
+
+
+def probe(socket_path: Path, children: int = 1) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow_sentinel.soak.probe", "--recorder", str(socket_path),
+         "--children", str(children), "--interval", "0.05"],
+        env={**os.environ, "AIRFLOW_SENTINEL_NODE_ID": "n1"},
+    )  # fmt: skip
+
+
+def test_the_witness_sees_two_probes_and_an_orphaned_child(tmp_path: Path) -> None:
+    """Proof that the checker can fail: two live probes, one killed leaving its child."""
+    recorder = Recorder(tmp_path / "recorder.sock").start()
+    first = probe(recorder.path)
+    second = probe(recorder.path)
+    try:
+        wait_until(lambda: len(recorder.alive("child")) == 2, 30, "both probes and children")
+        killed_at = time.clock_gettime(time.CLOCK_BOOTTIME)
+        first.kill()
+        first.wait()
+        wait_until(lambda: len(recorder.alive()) == 1, 10, "the killed probe's end")
+        orphan = next(p for p in recorder.alive("child") if p.ppid == first.pid)
+        parent_end = next(p.end for p in recorder.lives.values() if p.pid == first.pid)
+        assert parent_end is not None
+        # The orphan goes on reporting well past its parent's death, then we end it.
+        wait_until(lambda: orphan.last_report > parent_end + 1, 10, "the orphan to outlive it")
+        os.kill(orphan.pid, signal.SIGKILL)
+        second.terminate()
+        second.wait(10)
+        wait_until(lambda: not recorder.alive("child"), 10, "every child's end")
+        lives = recorder.history()
+    finally:
+        for process in (first, second):
+            process.kill()
+        recorder.close()
+    ended = next(life for life in lives if life["pid"] == first.pid)
+    assert 0 <= float(str(ended["end"])) - killed_at < 1.0
+    verdict = check(
+        lives,
+        [],
+        (min(float(str(life["start"])) for life in lives), time.clock_gettime(time.CLOCK_BOOTTIME)),
+    )
+    assert len(verdict.overlaps) == 1
+    assert verdict.orphans == 1
+    assert not verdict.passed

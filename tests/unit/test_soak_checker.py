@@ -1,0 +1,150 @@
+"""The soak's checker on histories written by hand: it must see every overlap, gap and
+orphan, and time recovery from the fault, not from the heal."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from airflow_sentinel.errors import UserError
+from airflow_sentinel.soak.checker import Fault, check, merge, percentile
+from airflow_sentinel.soak.command import parse_kinds
+from airflow_sentinel.soak.nemesis import KINDS, PARTITION, RESTART_METASTORE, kinds_for
+from airflow_sentinel.soak.runner import Plan
+from airflow_sentinel.soak.servers import Postgres, SqliteFile
+
+
+def life(node: str, pid: int, start: float, end: float | None, role: str = "scheduler",
+         ppid: int = 1) -> dict[str, object]:  # fmt: skip
+    return {"node": node, "pid": pid, "ppid": ppid, "role": role, "start": start,
+            "last_report": start, "end": end}  # fmt: skip
+
+
+def fault(kind: str, at: float, healed: float | None = None, ok: bool = True) -> Fault:
+    return Fault(kind, "n1", at, at if healed is None else healed, ok)
+
+
+def test_a_clean_handover_has_no_overlap_and_one_gap() -> None:
+    verdict = check([life("n1", 10, 0, 5), life("n2", 20, 6.5, None)], [], (0, 20))
+    assert verdict.overlaps == []
+    assert verdict.gaps == [(5, 6.5)]
+    assert verdict.longest_gap == 1.5
+    assert verdict.passed
+
+
+def test_two_schedulers_at_once_are_an_overlap_with_its_length() -> None:
+    verdict = check([life("n1", 10, 0, 5), life("n2", 20, 4.5, 9)], [], (0, 9))
+    assert verdict.overlaps == [(4.5, 5)]
+    assert verdict.overlap_seconds == pytest.approx(0.5)
+    assert not verdict.passed
+
+
+def test_two_on_the_same_node_count_too() -> None:
+    verdict = check([life("n1", 10, 0, 5), life("n1", 11, 3, 9)], [], (0, 9))
+    assert verdict.overlaps == [(3, 5)]
+
+
+def test_a_scheduler_still_alive_at_the_end_lasts_until_the_end() -> None:
+    verdict = check([life("n1", 10, 0, None), life("n2", 20, 8, None)], [], (0, 10))
+    assert verdict.overlaps == [(8, 10)]
+
+
+def test_a_child_that_outlives_its_scheduler_extends_it_and_is_an_orphan() -> None:
+    lives = [
+        life("n1", 10, 0, 5),
+        life("n1", 11, 0.2, 7, role="child", ppid=10),
+        life("n2", 20, 6, None),
+    ]
+    verdict = check(lives, [], (0, 10))
+    assert verdict.orphans == 1
+    assert verdict.overlaps == [(6, 7)]
+
+
+def test_a_child_dying_with_its_scheduler_is_no_orphan() -> None:
+    lives = [life("n1", 10, 0, 5), life("n1", 11, 0.2, 5.1, role="child", ppid=10)]
+    assert check(lives, [], (0, 6)).orphans == 0
+
+
+def test_recovery_runs_from_the_injection_to_the_next_scheduler() -> None:
+    lives = [life("n1", 10, 0, 5.2), life("n2", 20, 9, None)]
+    verdict = check(lives, [fault("kill-controller", 5, healed=6)], (0, 20))
+    [recovery] = verdict.recoveries
+    assert recovery.disrupted and recovery.recovered
+    assert recovery.seconds == pytest.approx(4)
+
+
+def test_a_fault_that_left_a_scheduler_running_took_no_time() -> None:
+    lives = [life("n1", 10, 0, None)]
+    [recovery] = check(lives, [fault("freeze-controller", 3, healed=9)], (0, 20)).recoveries
+    assert not recovery.disrupted and recovery.seconds == 0
+
+
+def test_a_gap_belongs_to_the_last_fault_before_it() -> None:
+    lives = [life("n1", 10, 0, 12), life("n2", 20, 13, None)]
+    faults = [fault("switchover", 2, healed=3), fault("kill-scheduler", 11.9)]
+    first, second = check(lives, faults, (0, 20)).recoveries
+    assert not first.disrupted
+    assert second.seconds == pytest.approx(1.1)
+
+
+def test_a_gap_open_at_the_end_is_unrecovered() -> None:
+    verdict = check([life("n1", 10, 0, 5)], [fault("partition", 4.9)], (0, 30))
+    assert not verdict.recoveries[0].recovered
+    assert not verdict.passed
+    assert verdict.by_kind()[0].unrecovered == 1
+
+
+def test_a_fault_that_could_not_be_injected_is_counted_apart() -> None:
+    lives = [life("n1", 10, 0, 5), life("n2", 20, 6, None)]
+    verdict = check(lives, [fault("kill-scheduler", 4.9, ok=False)], (0, 10))
+    [stats] = verdict.by_kind()
+    assert stats.faults == 0 and stats.not_injected == 1
+
+
+def test_statistics_per_kind() -> None:
+    lives = [life("n1", 1, 0, 10), life("n2", 2, 12, 20), life("n3", 3, 21, None)]
+    faults = [fault("kill-controller", 9.5), fault("kill-controller", 19.5)]
+    [stats] = check(lives, faults, (0, 30)).by_kind()
+    assert (stats.faults, stats.disrupted) == (2, 2)
+    assert sorted(stats.times) == [pytest.approx(1.5), pytest.approx(2.5)]
+    assert stats.percentile(50) == pytest.approx(1.5)
+    assert stats.percentile(95) == pytest.approx(2.5)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 95) == 95
+    assert percentile(values, 100) == 100
+    assert percentile([], 50) is None
+
+
+def test_merge_joins_touching_intervals() -> None:
+    assert merge([(3, 4), (0, 1), (1, 2)]) == [(0, 2), (3, 4)]
+
+
+def test_the_schedule_is_reproducible_from_the_seed() -> None:
+    plan = Plan(backend="postgresql", faults=50, seed=7)
+    assert plan.schedule(KINDS) == plan.schedule(KINDS)
+    assert plan.schedule(KINDS) != Plan(backend="postgresql", faults=50, seed=8).schedule(KINDS)
+
+
+def test_the_short_form_has_each_kind_the_same_number_of_times() -> None:
+    order = Plan(backend="postgresql", each=2, seed=random.randrange(1000)).schedule(KINDS)
+    assert sorted(order) == sorted(KINDS * 2)
+
+
+def test_sqlite_has_no_wire_to_cut_and_no_server_to_restart(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    sqlite = kinds_for(SqliteFile(tmp_path, "10.0.0.1"))
+    assert PARTITION not in sqlite and RESTART_METASTORE not in sqlite
+    assert kinds_for(Postgres(tmp_path, "127.0.0.1")) == KINDS
+
+
+def test_unknown_fault_kinds_are_refused_naming_the_accepted_ones() -> None:
+    with pytest.raises(UserError, match=r"unknown fault explode; accepted: kill-controller"):
+        parse_kinds("kill-controller,explode")
+    assert parse_kinds(" partition , switchover ") == ("partition", "switchover")
