@@ -88,6 +88,15 @@ def test_a_gap_belongs_to_the_last_fault_before_it() -> None:
     assert second.seconds == pytest.approx(1.1)
 
 
+def test_faults_injected_together_share_their_window() -> None:
+    lives = [life("n1", 10, 0, 5.3), life("n2", 20, 8, None)]
+    # Healing starts once all of a batch is injected, so every heal comes after every injection.
+    faults = [Fault("kill-scheduler", "n1", 5.0, 5.02), Fault("partition", "n2", 5.01, 9.0)]
+    first, second = check(lives, faults, (0, 20)).recoveries
+    assert first.disrupted and first.seconds == pytest.approx(3)
+    assert second.disrupted and second.seconds == pytest.approx(2.99)
+
+
 def test_a_gap_open_at_the_end_is_unrecovered() -> None:
     verdict = check([life("n1", 10, 0, 5)], [fault("partition", 4.9)], (0, 30))
     assert not verdict.recoveries[0].recovered

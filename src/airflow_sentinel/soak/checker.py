@@ -180,13 +180,14 @@ def recoveries(faults: Sequence[Fault], holes: Sequence[Interval], end: float) -
     """For each fault: how long until a scheduler ran again, if the fault left none.
 
     A fault disrupted the cluster when a gap was open at its injection or opened before
-    the next fault; its recovery time runs from the injection to that gap's end. A gap
-    still open at the end of the run means the cluster never recovered.
+    the next fault injected after it was healed (faults injected together share their
+    window); its recovery time runs from the injection to that gap's end. A gap still open
+    at the end of the run means the cluster never recovered.
     """
     ordered = sorted(faults, key=lambda f: f.at)
     result = []
-    for index, fault in enumerate(ordered):
-        window_end = next((f.at for f in ordered[index + 1 :] if f.at > fault.at), end)
+    for fault in ordered:
+        window_end = next((f.at for f in ordered if f.at > fault.healed_at), end)
         hole = next((h for h in holes if h[1] > fault.at and h[0] < window_end), None)
         if hole is None:
             result.append(Recovery(fault, 0.0, disrupted=False, recovered=True))

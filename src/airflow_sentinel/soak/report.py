@@ -88,7 +88,7 @@ COLOURS = {
     "freeze-controller": "#1f77b4",
     "partition": "#9467bd",
     "restart-metastore": "#8c564b",
-    "restart-controller": "#2ca02c",
+    "restart-controller": "#e377c2",
     "switchover": "#17becf",
 }
 
@@ -101,7 +101,7 @@ def timeline_svg(verdict: Verdict, faults: list[dict[str, object]], title: str) 
     width = int(min(6000, max(1000, span * 6)))
     lanes = sorted({p.node for p in verdict.presences} | {str(f["node"]) for f in faults})
     lanes = [lane for lane in lanes if lane != "metastore"] + ["metastore"]
-    height = TOP + LANE * len(lanes) + 70
+    height = TOP + LANE * len(lanes) + 90
     plot = width - LEFT - RIGHT
 
     def x(t: float) -> float:
@@ -147,7 +147,7 @@ def timeline_svg(verdict: Verdict, faults: list[dict[str, object]], title: str) 
             f'height="{bottom - TOP}" fill="red" opacity="0.6"><title>OVERLAP</title></rect>'
         )
     parts.extend(_axis(start, span, x, bottom, width))
-    parts.extend(_legend(bottom + 36))
+    parts.extend(_legend(bottom + 36, width))
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -167,14 +167,14 @@ def _axis(start: float, span: float, x: object, bottom: int, width: int) -> list
     return parts
 
 
-def _legend(top: int) -> list[str]:
-    parts = [
-        f'<rect x="{LEFT}" y="{top - 9}" width="14" height="10" fill="#4caf50"/>',
-        f'<text x="{LEFT + 18}" y="{top}">scheduler alive</text>',
-    ]
-    left = LEFT + 120
-    for kind, colour in [*COLOURS.items(), ("overlap", "red")]:
+def _legend(top: int, width: int) -> list[str]:
+    items = [("scheduler alive", "#4caf50"), *COLOURS.items(), ("overlap", "red")]
+    parts, left = [], LEFT
+    for label, colour in items:
+        step = 30 + 7 * len(label)
+        if left + step > width - RIGHT:  # wrap onto a second row
+            left, top = LEFT, top + 18
         parts.append(f'<rect x="{left}" y="{top - 9}" width="14" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{left + 18}" y="{top}">{kind}</text>')
-        left += 30 + 7 * len(kind)
+        parts.append(f'<text x="{left + 18}" y="{top}">{label}</text>')
+        left += step
     return parts
