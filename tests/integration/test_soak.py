@@ -22,7 +22,10 @@ from airflow_sentinel.soak.recorder import Recorder
 from tests.support.backends import selected_backends
 from tests.support.cluster import wait_until
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the soak creates network namespaces")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the soak creates network namespaces"),
+]
 
 
 def soak(out: Path, *args: str) -> subprocess.Popen[str]:

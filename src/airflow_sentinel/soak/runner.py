@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from airflow_sentinel.errors import SentinelError
-from airflow_sentinel.soak import hosts
+from airflow_sentinel.soak import hosts, servers
 from airflow_sentinel.soak.checker import Fault, Verdict, check
 from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, hold_until, kinds_for
 from airflow_sentinel.soak.nodes import PROFILES, Node, lease_ttl, probe_command
@@ -97,7 +97,7 @@ class Soak:
 
     def run(self) -> Outcome:
         hosts.preflight()
-        hosts.remove_leftovers()
+        servers.remove_leftover_data(hosts.remove_leftovers())
         self.plan.out.mkdir(parents=True, exist_ok=True)
         self.plan.out.chmod(0o755)  # a private database server runs as its own user
         interrupted = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.process.linux import die_with_parent
 
+PRIVATE_DATA_PREFIX = "airflow-sentinel-soak-"
 ZOOKEEPER_CLASSPATH = os.environ.get(
     "SENTINEL_ZOOKEEPER_CLASSPATH", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 )
@@ -48,6 +49,7 @@ class Server(ABC):
     def __init__(self, root: Path, host: str) -> None:
         self.root = root
         self.host = host
+        self.port = free_port(host) if self.restartable else 0
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,10 +98,6 @@ class Server(ABC):
     def close(self) -> None:
         self.stop()
 
-    @property
-    @abstractmethod
-    def port(self) -> int: ...
-
     def _wait_listening(self, timeout: float) -> None:
         give_up = time.monotonic() + timeout
         while time.monotonic() < give_up:
@@ -122,10 +120,6 @@ class SqliteFile(Server):
     def url(self) -> str:
         return f"sqlite:///{self.root / 'sentinel.db'}"
 
-    @property
-    def port(self) -> int:
-        return 0
-
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -142,22 +136,18 @@ class Postgres(Server):
 
     def __init__(self, root: Path, host: str) -> None:
         super().__init__(root, host)
-        self._port = free_port(host)
-        self.home = Path(tempfile.mkdtemp(prefix="airflow-sentinel-soak-pg-"))
+        self.home = Path(tempfile.gettempdir()) / f"{PRIVATE_DATA_PREFIX}{os.getpid()}-pg"
         self.data = self.home / "data"
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@{self.host}:{self._port}/postgres"
-
-    @property
-    def port(self) -> int:
-        return self._port
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres"
 
     def user(self) -> str | None:
         return "postgres" if os.geteuid() == 0 else None
 
     def prepare(self) -> None:
+        self.home.mkdir(mode=0o700)
         if self.user():
             shutil.chown(self.home, "postgres")
         subprocess.run(
@@ -170,7 +160,7 @@ class Postgres(Server):
 
     def command(self) -> list[str]:
         return [
-            str(_pg_bin() / "postgres"), "-D", str(self.data), "-p", str(self._port),
+            str(_pg_bin() / "postgres"), "-D", str(self.data), "-p", str(self.port),
             "-c", f"listen_addresses={self.host}", "-c", f"unix_socket_directories={self.home}",
             "-c", "fsync=off", "-c", "max_connections=50",
         ]  # fmt: skip
@@ -186,16 +176,11 @@ class Postgres(Server):
 class MariaDB(Server):
     def __init__(self, root: Path, host: str) -> None:
         super().__init__(root, host)
-        self._port = free_port(host)
         self.data = root / "data"
 
     @property
     def url(self) -> str:
-        return f"mysql+pymysql://root@{self.host}:{self._port}/sentinel"
-
-    @property
-    def port(self) -> int:
-        return self._port
+        return f"mysql+pymysql://root@{self.host}:{self.port}/sentinel"
 
     def prepare(self) -> None:
         installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
@@ -213,7 +198,7 @@ class MariaDB(Server):
         # A throwaway server on a private bridge: no grant tables, so the hosts need no
         # password.
         return [
-            server, "--no-defaults", f"--datadir={self.data}", f"--port={self._port}",
+            server, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
             f"--bind-address={self.host}", f"--socket={self.root / 'mysqld.sock'}",
             f"--pid-file={self.root / 'mysqld.pid'}", "--user=root", "--skip-grant-tables",
             "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
@@ -222,17 +207,9 @@ class MariaDB(Server):
 
 
 class ZooKeeper(Server):
-    def __init__(self, root: Path, host: str) -> None:
-        super().__init__(root, host)
-        self._port = free_port(host)
-
     @property
     def url(self) -> str:
-        return f"zookeeper://{self.host}:{self._port}/sentinel"
-
-    @property
-    def port(self) -> int:
-        return self._port
+        return f"zookeeper://{self.host}:{self.port}/sentinel"
 
     def prepare(self) -> None:
         if shutil.which("java") is None or not Path(ZOOKEEPER_CLASSPATH.split(":")[-1]).exists():
@@ -241,7 +218,7 @@ class ZooKeeper(Server):
         # tickTime 1 s: sessions may last 2 s to 20 s, which covers both timing profiles.
         (self.root / "zoo.cfg").write_text(
             "tickTime=1000\ninitLimit=10\nsyncLimit=5\n"
-            f"dataDir={self.root / 'data'}\nclientPort={self._port}\n"
+            f"dataDir={self.root / 'data'}\nclientPort={self.port}\n"
             f"clientPortAddress={self.host}\nadmin.enableServer=false\n"
         )
 
@@ -251,6 +228,13 @@ class ZooKeeper(Server):
             "-cp", ZOOKEEPER_CLASSPATH,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.root / "zoo.cfg"),
         ]  # fmt: skip
+
+
+def remove_leftover_data(owners: list[int]) -> None:
+    """Data that servers of killed soaks (by pid) kept outside their soak's directory."""
+    for owner in owners:
+        for path in Path(tempfile.gettempdir()).glob(f"{PRIVATE_DATA_PREFIX}{owner}-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 SERVERS: dict[str, type[Server]] = {
