@@ -61,8 +61,8 @@ def test_short_soak_finds_no_overlap(backend: str, tmp_path: Path) -> None:
     out = tmp_path / "soak"
     run = soak(out, "--backend", backend, "--short", "--seed", "11")
     output, _ = run.communicate(timeout=900)
-    summary = json.loads((out / "summary.json").read_text())
     assert run.returncode == 0, output
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] and summary["overlaps"] == 0 and summary["orphaned_children"] == 0
     expected = set(KINDS) - ({PARTITION, RESTART_METASTORE} if backend == "sqlite" else set())
     counts = {row["kind"]: row["faults"] + row["not_injected"] for row in summary["by_kind"]}

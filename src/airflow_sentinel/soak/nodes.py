@@ -7,7 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_sentinel.process.linux import die_with_parent
@@ -43,7 +43,6 @@ class Node:
     home: Path
     settings: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    starts: int = field(default=0)
 
     @property
     def name(self) -> str:
@@ -79,7 +78,6 @@ class Node:
                 start_new_session=True,
                 preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509 - prctl only, no locks
             )
-        self.starts += 1
 
     @property
     def running(self) -> bool:
