@@ -7,13 +7,20 @@ built in place, marked complete only at the very end, and rebuilt if a build was
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from airflow_sentinel.errors import SentinelError
+
 COMPLETE = ".airflow-sentinel-complete"
+
+
+class BuildError(SentinelError):
+    """An environment could not be built (the installer's last error line says why)."""
 
 
 def venv_cache() -> Path:
@@ -26,27 +33,68 @@ def _uv() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("uv")
 
 
-def ensure_airflow_venv(version: str, cache: Path | None = None) -> Path:
-    """The environment for ``apache-airflow==version``, built once and reused."""
+def ensure_airflow_venv(
+    version: str, cache: Path | None = None, extras: tuple[str, ...] = ()
+) -> Path:
+    """The environment for ``apache-airflow==version`` plus ``extras`` (more requirements),
+    built once and reused."""
     cache = cache or venv_cache()
-    target = cache / f"airflow-{version}"
+    requirements = [f"apache-airflow=={version}", *extras]
+    name = env_dir_name(version, requirements)
+    target = cache / name
     if (target / COMPLETE).exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    with (cache / f".airflow-{version}.lock").open("w") as lock:
+    with (cache / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
         if not (target / COMPLETE).exists():
-            _build(target, version)
+            build_venv(target, requirements)
     return target
 
 
-def _build(target: Path, version: str) -> None:
-    shutil.rmtree(target, ignore_errors=True)
+def requirement_key(requirements: list[str], constraints: str = "") -> str:
+    """What an environment was built for, as written in its completion marker."""
+    return "".join(f"{r}\n" for r in requirements) + (f"-c {constraints}\n" if constraints else "")
+
+
+def env_dir_name(version: str, requirements: list[str], constraints: str = "") -> str:
+    """The folder name of an environment: the version, plus a digest of anything more."""
+    if requirements == [f"apache-airflow=={version}"] and not constraints:
+        return f"airflow-{version}"
+    digest = hashlib.sha256(requirement_key(requirements, constraints).encode()).hexdigest()
+    return f"airflow-{version}-{digest[:8]}"
+
+
+def build_venv(
+    target: Path,
+    requirements: list[str],
+    constraints: str = "",
+    fresh: bool = True,
+    sync: Path | None = None,
+) -> None:
+    """Install ``requirements`` into ``target``, marked complete only at the very end.
+
+    ``fresh``: a new environment (whatever was there is removed); otherwise install into
+    the existing one (in-place upgrades). ``sync``: make the environment hold exactly the
+    packages of that requirements file (undoing an in-place upgrade).
+    """
     python = target / "bin" / "python"
     uv = _uv()
-    requirement = f"apache-airflow=={version}"
-    if uv is not None:
-        _run([uv, "venv", "--quiet", "--python", sys.executable, str(target)])
+    if fresh:
+        shutil.rmtree(target, ignore_errors=True)
+        if uv is not None:
+            _run([uv, "venv", "--quiet", "--python", sys.executable, str(target)])
+        else:
+            _run([sys.executable, "-m", "venv", str(target)])
+    else:
+        (target / COMPLETE).unlink(missing_ok=True)
+    extra = ["-c", constraints] if constraints else []
+    if sync is not None:
+        if uv is not None:
+            _run([uv, "pip", "sync", "--quiet", "--python", str(python), str(sync)])
+        else:
+            _run([str(python), "-m", "pip", "install", "--quiet", "-r", str(sync)])
+    elif uv is not None:
         _run(
             [
                 uv,
@@ -56,14 +104,22 @@ def _build(target: Path, version: str) -> None:
                 "--compile-bytecode",
                 "--python",
                 str(python),
-                requirement,
+                *extra,
+                *requirements,
             ]
         )
     else:
-        _run([sys.executable, "-m", "venv", str(target)])
-        _run([str(python), "-m", "pip", "install", "--quiet", requirement])
-    (target / COMPLETE).write_text(f"{requirement}\n")
+        _run([str(python), "-m", "pip", "install", "--quiet", *extra, *requirements])
+    (target / COMPLETE).write_text(requirement_key(requirements, constraints))
 
 
 def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise BuildError(
+            f"{Path(argv[0]).name} {' '.join(argv[1:3])} failed: "
+            + (lines[-1][:300] if lines else f"exit code {done.returncode}")
+        )

@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from airflow_sentinel import __version__
+from airflow_sentinel.airflow_schema import SchemaGate, scheduler_executable
 from airflow_sentinel.clock import SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import add_sentinel_section, load_airflow_config
@@ -121,10 +122,13 @@ def start(**flags: Any) -> None:
     with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
         refuse_duplicate_node(store, settings, host)
         probe = None
+        airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
         if settings.health_check == "heartbeat":
-            airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
             probe = JobTableProbe(airflow_db, settings.renew_interval)
-        controller = Controller(settings, store, SystemClock(), GuardLauncher(), host, probe)
+        gate = SchemaGate(scheduler_executable(settings.scheduler_argv), airflow_db)
+        controller = Controller(
+            settings, store, SystemClock(), GuardLauncher(), host, probe, start_gate=gate
+        )
         sys.exit(controller.run())
 
 
@@ -312,13 +316,15 @@ def choose_target(state: ClusterState, active: str, target: str | None) -> str:
     return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id
 
 
-def _add_soak() -> None:
+def _add_groups() -> None:
     from airflow_sentinel.soak.command import soak
+    from airflow_sentinel.upgrade.command import upgrade
 
     cli.add_command(soak)
+    cli.add_command(upgrade)
 
 
-_add_soak()
+_add_groups()
 
 
 def main() -> None:

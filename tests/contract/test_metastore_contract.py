@@ -287,6 +287,15 @@ def test_flags_set_and_clear(new_store: StoreFactory) -> None:
     assert store.flags() == {"switchover:scheduler": "3 b"}
 
 
+def test_claiming_a_flag_is_compare_and_set(new_store: StoreFactory) -> None:
+    first, second = new_store(), new_store()
+    assert first.claim_flag("upgrade", '{"run": "a"}')
+    assert not second.claim_flag("upgrade", '{"run": "b"}')
+    assert second.flags()["upgrade"] == '{"run": "a"}'
+    first.set_flag("upgrade", None)
+    assert second.claim_flag("upgrade", '{"run": "b"}')
+
+
 def test_clear_forgets_nodes_events_and_flags_but_keeps_the_lease(
     new_store: StoreFactory,
 ) -> None:

@@ -32,6 +32,9 @@ def cluster(tmp_path: Path, metastore_url: str) -> Iterator[Cluster]:
 def start_three(cluster: Cluster) -> str:
     for node in NODES:
         cluster.start(node)
+    # Every controller is up (registered), not only the first: a stop sent to one still
+    # importing Python would end it by the signal's default action.
+    wait_until(lambda: set(cluster.nodes()) == set(NODES), 30, "all three controllers")
     active = cluster.wait_for_one_scheduler()
     assert cluster.active() == active
     wait_until(lambda: len(cluster.all_probe_processes()) == 2, 10, "the scheduler's child")

@@ -14,7 +14,7 @@ from airflow_sentinel.config import Settings, load_settings
 from airflow_sentinel.controller.loop import Controller, Role
 from airflow_sentinel.controller.scheduler import RunState
 from airflow_sentinel.metastore import Metastore, open_metastore
-from airflow_sentinel.metastore.base import PAUSED, switchover_flag
+from airflow_sentinel.metastore.base import HOLD, PAUSED, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
 
@@ -341,3 +341,49 @@ def test_the_scheduler_gets_its_marker_and_epoch_but_none_of_our_settings(
     assert (env["AIRFLOW_SENTINEL_NODE_ID"], env["AIRFLOW_SENTINEL_EPOCH"]) == ("a", "1")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert not [k for k in env if k.startswith("AIRFLOW__SENTINEL__")]
+
+
+class _Gate:
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason
+
+    def refusal(self) -> str | None:
+        return self.reason
+
+
+def test_a_hold_stops_the_scheduler_releases_the_lease_and_takes_none(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert role_of(controller) is Role.ACTIVE
+    store.set_flag(HOLD, "upgrade r1")
+    clock.advance(3)
+    controller.tick()
+    assert role_of(controller) is Role.STANDBY
+    assert launcher.last.stops
+    lease = store.read_lease("scheduler")
+    assert lease is not None and lease.holder is None
+    clock.advance(30)
+    controller.tick()
+    assert role_of(controller) is Role.STANDBY and len(launcher.runs) == 1
+    store.set_flag(HOLD, None)
+    controller.tick()
+    assert role_of(controller) is Role.ACTIVE and len(launcher.runs) == 2
+
+
+def test_a_scheduler_for_another_schema_is_refused_and_the_node_steps_down(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    launcher = RecordingLauncher()
+    gate = _Gate("Airflow 2.10.5 expects schema a, the database is at b")
+    controller = Controller(
+        settings, cast(Metastore, store), clock, launcher, host="h/1", start_gate=gate
+    )
+    for _ in range(settings.max_restarts + 1):
+        controller.tick()
+        clock.advance(settings.renew_interval)
+    assert launcher.runs == []
+    assert role_of(controller) is Role.STANDBY  # stepped down: a node that fits may lead
+    kinds = [e.kind for e in store.events(20)]
+    assert "scheduler_refused" in kinds and "stepped_down" in kinds

@@ -34,6 +34,7 @@ ACTIVE = Snapshot(
     lease=LeaseStatus.HELD,
     valid_until=NOW + 15.0,
     paused=False,
+    held=False,
     fit=True,
     switchover_requested=False,
     failed_starts=0,
@@ -67,6 +68,13 @@ def test_deadlines_leave_the_fence_margin_before_expiry() -> None:
         (replace(ACTIVE, paused=True, failed_starts=5), Leadership.KEEP),
         (replace(ACTIVE, paused=True, switchover_requested=True), Leadership.KEEP),
         (replace(ACTIVE, paused=True, lease=LeaseStatus.LOST), Leadership.DEMOTE),
+        # Held for an upgrade: the active node stands down, standbys do not take over, a
+        # hold overrides a pause, and an unreachable store still keeps its role until demote.
+        (replace(ACTIVE, held=True), Leadership.STAND_DOWN),
+        (replace(ACTIVE, held=True, paused=True), Leadership.STAND_DOWN),
+        (replace(STANDBY, held=True), Leadership.WAIT),
+        (replace(ACTIVE, held=True, lease=LeaseStatus.UNREACHABLE), Leadership.KEEP),
+        (replace(ACTIVE, held=True, valid_until=NOW + 5), Leadership.DEMOTE),
     ],
 )
 def test_leadership(snapshot: Snapshot, expected: Leadership) -> None:
@@ -84,6 +92,11 @@ def test_a_stopped_scheduler_is_started() -> None:
 def test_no_start_when_the_fence_is_about_to_fall() -> None:
     almost_gone = replace(ACTIVE, valid_until=NOW + T.fence_margin + 0.5)
     assert decide_supervision(almost_gone, T) is Supervision.NOTHING
+
+
+def test_nothing_is_started_while_held() -> None:
+    held = replace(ACTIVE, held=True, lease=LeaseStatus.UNREACHABLE)
+    assert decide_supervision(held, T) is Supervision.NOTHING
 
 
 def test_nothing_is_started_or_stopped_while_paused() -> None:

@@ -11,6 +11,8 @@ from airflow_sentinel.metastore.base import Event, Metastore
 BECAME_ACTIVE = "became_active"
 DEMOTED = "demoted"
 STEPPED_DOWN = "stepped_down"
+STOOD_DOWN = "stood_down"
+SCHEDULER_REFUSED = "scheduler_refused"
 HANDED_OVER = "handed_over"
 SCHEDULER_STARTED = "scheduler_started"
 SCHEDULER_EXITED = "scheduler_exited"

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from enum import Enum
 from types import FrameType
+from typing import Protocol
 
 import psutil
 
@@ -33,7 +34,14 @@ from airflow_sentinel.controller.policy import (
 )
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
 from airflow_sentinel.errors import MetastoreError
-from airflow_sentinel.metastore.base import PAUSED, Lease, Metastore, NodeReport, switchover_flag
+from airflow_sentinel.metastore.base import (
+    HOLD,
+    PAUSED,
+    Lease,
+    Metastore,
+    NodeReport,
+    switchover_flag,
+)
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
 from airflow_sentinel.process.strays import describe, find_strays
@@ -44,6 +52,11 @@ log = logging.getLogger("airflow_sentinel.controller")
 SERVICE = "scheduler"
 # Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
 KILL_WAIT = 10.0
+
+
+class StartGate(Protocol):
+    def refusal(self) -> str | None:
+        """Why a scheduler must not start now, or None."""
 
 
 class Role(str, Enum):
@@ -61,6 +74,7 @@ class Controller:
         launcher: Launcher,
         host: str,
         heartbeat_probe: HeartbeatProbe | None = None,
+        start_gate: StartGate | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -69,10 +83,12 @@ class Controller:
         self.timing = Timing.from_settings(settings)
         self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv)
         self.probe = heartbeat_probe
+        self.gate = start_gate
         self.lease: Lease | None = None
         self.role = Role.STANDBY
         self.unfit_until = 0.0
         self.paused = False
+        self.held: str | None = None
         self.switchover_to: str | None = None
         self._started_wall = 0.0
         self._reported_strays: set[int] = set()
@@ -171,6 +187,8 @@ class Controller:
             self._step_down()
         elif decision is Leadership.HAND_OVER:
             self._hand_over()
+        elif decision is Leadership.STAND_DOWN:
+            self._stand_down()
         elif decision is Leadership.KEEP:
             self._supervise(self._snapshot(status, with_health=True))
         self._handle_strays()
@@ -189,6 +207,11 @@ class Controller:
         if paused != self.paused:
             log.info("cluster %s", "paused" if paused else "resumed", extra={"epoch": self.epoch})
         self.paused = paused
+        held = flags.get(HOLD)
+        if held != self.held:
+            state = f"held: {held}" if held else "released from hold"
+            log.info("cluster %s", state, extra={"epoch": self.epoch})
+        self.held = held
         self.switchover_to = self._switchover_target(flags)
         return True
 
@@ -209,6 +232,7 @@ class Controller:
             lease=status,
             valid_until=self.lease.valid_until if self.lease is not None else None,
             paused=self.paused,
+            held=self.held is not None,
             fit=now >= self.unfit_until,
             switchover_requested=self.switchover_to is not None,
             failed_starts=self.scheduler.failed_starts,
@@ -323,6 +347,13 @@ class Controller:
             self._release()
         self._become_standby()
 
+    def _stand_down(self) -> None:
+        dead = self._stop_scheduler()
+        self._emit(ev.STOOD_DOWN, f"cluster held: {self.held}")
+        if dead:
+            self._release()
+        self._become_standby()
+
     def _hand_over(self) -> None:
         target = self.switchover_to
         assert self.lease is not None and target is not None
@@ -376,6 +407,11 @@ class Controller:
         assert self.lease is not None
         if self._handle_strays():
             return  # a stray still runs here; never start a second scheduler beside it
+        refusal = self.gate.refusal() if self.gate is not None else None
+        if refusal is not None:
+            self.scheduler.failed_starts += 1  # enough of them and this node steps down
+            self._emit(ev.SCHEDULER_REFUSED, refusal, logging.ERROR)
+            return
         fence_at = self.timing.fence_at(self.lease.valid_until)
         now = self.clock.now()
         try:

@@ -29,6 +29,7 @@ class Leadership(str, Enum):
     DEMOTE = "demote"  # active, stop now: the lease is gone or about to be
     STEP_DOWN = "step_down"  # active, too many failed starts here: release and cool down
     HAND_OVER = "hand_over"  # active, planned switchover
+    STAND_DOWN = "stand_down"  # active, the cluster is held for an upgrade: stop, release
 
 
 class Supervision(str, Enum):
@@ -76,6 +77,7 @@ class Snapshot:
     lease: LeaseStatus
     valid_until: float | None
     paused: bool
+    held: bool
     fit: bool
     switchover_requested: bool
     failed_starts: int
@@ -85,12 +87,16 @@ class Snapshot:
 
 def decide_leadership(s: Snapshot, t: Timing) -> Leadership:
     if s.lease is LeaseStatus.NONE:
-        return Leadership.ACQUIRE if s.fit and not s.paused else Leadership.WAIT
+        return Leadership.ACQUIRE if s.fit and not (s.paused or s.held) else Leadership.WAIT
     if s.lease is LeaseStatus.LOST or s.valid_until is None:
         return Leadership.DEMOTE
     if s.now >= t.demote_at(s.valid_until):
         return Leadership.DEMOTE
-    if s.lease is LeaseStatus.UNREACHABLE or s.paused:
+    if s.lease is LeaseStatus.UNREACHABLE:
+        return Leadership.KEEP
+    if s.held:
+        return Leadership.STAND_DOWN
+    if s.paused:
         return Leadership.KEEP
     if s.switchover_requested:
         return Leadership.HAND_OVER
@@ -101,7 +107,7 @@ def decide_leadership(s: Snapshot, t: Timing) -> Leadership:
 
 def decide_supervision(s: Snapshot, t: Timing) -> Supervision:
     """Only called for an active node that keeps its lease."""
-    if s.paused or s.valid_until is None:
+    if s.paused or s.held or s.valid_until is None:
         return Supervision.NOTHING
     run = s.run
     if run.state is RunState.STOPPED:

@@ -83,6 +83,10 @@ class EventRecord:
 
 
 PAUSED = "paused"
+# Set by an upgrade: every controller stops its scheduler, gives up its lease, takes none.
+HOLD = "hold"
+# The cluster upgrade lock: claimed by the node that does the cluster-wide upgrade steps.
+UPGRADE_LOCK = "upgrade"
 
 
 def switchover_flag(service: str) -> str:
@@ -152,6 +156,10 @@ class Metastore(ABC):
     @abstractmethod
     def set_flag(self, name: str, value: str | None) -> None:
         """Set a cluster-wide flag; ``None`` clears it."""
+
+    @abstractmethod
+    def claim_flag(self, name: str, value: str) -> bool:
+        """Set a flag only if it is not set (compare-and-set); False if it already was."""
 
     @abstractmethod
     def flags(self) -> dict[str, str]:

@@ -388,6 +388,16 @@ class SqlMetastore(Metastore):
             if value is not None:
                 conn.execute(flag_table.insert().values(name=name, value=value))
 
+    def claim_flag(self, name: str, value: str) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(flag_table.insert().values(name=name, value=value))
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise MetastoreError(self._explain(exc)) from None
+        return True
+
     def flags(self) -> dict[str, str]:
         with self._tx() as conn:
             return {r.name: r.value for r in conn.execute(sa.select(flag_table))}

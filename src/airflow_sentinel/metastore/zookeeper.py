@@ -352,6 +352,15 @@ class ZooKeeperMetastore(Metastore):
             except NodeExistsError:
                 self._wait(self._client.set_async(path, value.encode()))
 
+    def claim_flag(self, name: str, value: str) -> bool:
+        try:
+            self._wait(
+                self._client.create_async(self._path("flags", name), value.encode(), makepath=True)
+            )
+        except NodeExistsError:
+            return False
+        return True
+
     def flags(self) -> dict[str, str]:
         found = {}
         for name in self._children(self._path("flags")):

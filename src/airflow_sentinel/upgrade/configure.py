@@ -1,0 +1,263 @@
+"""Carry the operator's configuration over to the target version.
+
+The new airflow.cfg is the target's own default file, with every option the operator
+changed from the old version's defaults set again, under its new name where Airflow renamed
+or moved it. Nothing is dropped silently: the report names every option carried, renamed,
+dropped as obsolete, or kept although the target does not know it. Values never appear in
+the report: they may be secrets.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airflow_sentinel.config.airflow_cfg import SECTION
+from airflow_sentinel.metastore.urls import scrub
+from airflow_sentinel.upgrade.installation import (
+    AirflowEnv,
+    UpgradeError,
+    airflow_environ,
+    last_line,
+)
+
+Option = tuple[str, str]
+
+_DEFAULT_LINE = re.compile(r"^#?\s*([A-Za-z0-9_.-]+) = ?(.*)$")
+_SECTION_LINE = re.compile(r"^\[([^\]]+)\]\s*$")
+
+# Run in the target's environment: Airflow's own rename and removal tables, as JSON.
+MAPS_PROBE = """
+import json
+out = {"renames": [], "removed": [], "default_changes": []}
+try:
+    from airflow.configuration import conf
+    for (ns, nk), (os_, ok, _v) in type(conf).deprecated_options.items():
+        out["renames"].append([os_, ok, ns, nk])
+except Exception:
+    pass
+try:
+    from airflow.cli.commands.config_command import CONFIGS_CHANGES
+except Exception:
+    CONFIGS_CHANGES = []
+for c in CONFIGS_CHANGES:
+    old = [c.config.section, c.config.option]
+    if c.renamed_to:
+        out["renames"].append(old + [c.renamed_to.section, c.renamed_to.option])
+    elif c.default_change:
+        out["default_changes"].append(old + [str(c.old_default), str(c.new_default)])
+    elif c.was_removed:
+        equals = None if c.remove_if_equals is None else str(c.remove_if_equals)
+        out["removed"].append(old + [equals, c.suggestion])
+print("SENTINEL-MAPS " + json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class Maps:
+    renames: dict[Option, Option] = field(default_factory=dict)
+    removed: dict[Option, tuple[str | None, str]] = field(default_factory=dict)
+    default_changes: dict[Option, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, list[list[str | None]]]) -> Maps:
+        return cls(
+            renames={(str(r[0]), str(r[1])): (str(r[2]), str(r[3])) for r in raw["renames"]},
+            removed={(str(r[0]), str(r[1])): (r[2], str(r[3] or "")) for r in raw["removed"]},
+            default_changes={
+                (str(r[0]), str(r[1])): (str(r[2]), str(r[3])) for r in raw["default_changes"]
+            },
+        )
+
+
+@dataclass
+class Report:
+    carried: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    unknown_kept: list[str] = field(default_factory=list)
+    defaults_changed: list[str] = field(default_factory=list)
+    environment: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for title, items in (
+            ("carried (changed from the old defaults)", self.carried),
+            ("renamed or moved", self.renamed),
+            ("dropped: obsolete in the target", self.dropped),
+            ("kept as they were: not among the target's defaults", self.unknown_kept),
+            ("defaults that changed (your value was the old default)", self.defaults_changed),
+            ("environment variables to rename yourself", self.environment),
+        ):
+            out.append(f"{title}: {len(items)}")
+            out.extend(f"  {item}" for item in items)
+        return out
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.carried)} carried, {len(self.renamed)} renamed, "
+            f"{len(self.dropped)} dropped as obsolete, {len(self.unknown_kept)} kept unmapped"
+        )
+
+
+def parse_defaults(text: str) -> dict[Option, str]:
+    """Options of a default airflow.cfg, commented out or not."""
+    found: dict[Option, str] = {}
+    section = None
+    for line in text.splitlines():
+        header = _SECTION_LINE.match(line)
+        if header:
+            section = header.group(1)
+            continue
+        match = _DEFAULT_LINE.match(line)
+        if section and match and (line.startswith("# ") or not line.startswith("#")):
+            found[(section, match.group(1))] = match.group(2).strip()
+    return found
+
+
+def read_raw(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path, encoding="utf-8")
+    return parser
+
+
+def carry_over(
+    old_cfg: configparser.ConfigParser,
+    old_defaults: dict[Option, str],
+    new_defaults_text: str,
+    maps: Maps,
+    environ: dict[str, str],
+) -> tuple[str, Report]:
+    report = Report()
+    new_defaults = parse_defaults(new_defaults_text)
+    placed: dict[Option, str] = {}
+    for section in old_cfg.sections():
+        if section == SECTION:
+            continue  # copied whole, comments included, by the caller
+        for key, value in old_cfg.items(section, raw=True):
+            option = (section, key)
+            name = f"[{section}] {key}"
+            if old_defaults.get(option) == value.strip():
+                if option in maps.default_changes:
+                    old, new = maps.default_changes[option]
+                    report.defaults_changed.append(f"{name}: {old} -> {new}")
+                continue
+            if option in maps.renames:
+                target = maps.renames[option]
+                placed[target] = value
+                report.renamed.append(f"{name} -> [{target[0]}] {target[1]}")
+            elif option in maps.removed and maps.removed[option][0] in (None, value.strip()):
+                why = maps.removed[option][1] or "removed in the target"
+                report.dropped.append(f"{name}: {why}".strip())
+            else:
+                placed[option] = value
+                bucket = report.carried if option in new_defaults else report.unknown_kept
+                bucket.append(name)
+    _environment_notes(environ, maps, report)
+    return render(new_defaults_text, placed), report
+
+
+def _environment_notes(environ: dict[str, str], maps: Maps, report: Report) -> None:
+    for (section, key), (new_section, new_key) in maps.renames.items():
+        variable = f"AIRFLOW__{section.upper()}__{key.upper()}"
+        if variable in environ:
+            report.environment.append(
+                f"{variable} -> AIRFLOW__{new_section.upper()}__{new_key.upper()}"
+            )
+
+
+def _value_lines(key: str, value: str) -> list[str]:
+    first, *rest = value.split("\n")
+    return [f"{key} = {first}", *(f"\t{line}" for line in rest)]
+
+
+def render(defaults_text: str, placed: dict[Option, str]) -> str:
+    """The default file with ``placed`` options set: in place of their commented default,
+    or at the end of their section, or in a new section at the end."""
+    remaining = dict(placed)
+    out: list[str] = []
+    section: str | None = None
+
+    def flush(current: str | None) -> None:
+        extra = [o for o in remaining if o[0] == current]
+        for option in extra:
+            out.extend(_value_lines(option[1], remaining.pop(option)))
+        if extra:
+            out.append("")
+
+    for line in defaults_text.splitlines():
+        header = _SECTION_LINE.match(line)
+        if header:
+            flush(section)
+            section = header.group(1)
+            out.append(line)
+            continue
+        match = _DEFAULT_LINE.match(line)
+        option = (section or "", match.group(1)) if match else None
+        if option is not None and option in remaining and line.startswith(("# ", option[1])):
+            out.extend(_value_lines(option[1], remaining.pop(option)))
+            continue
+        out.append(line)
+    flush(section)
+    for new_section in dict.fromkeys(o[0] for o in remaining):
+        out.extend(["", f"[{new_section}]"])
+        flush(new_section)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def sentinel_block(cfg_text: str) -> str:
+    """The `[sentinel]` section of a file, verbatim."""
+    lines, inside = [], False
+    for line in cfg_text.splitlines():
+        header = _SECTION_LINE.match(line)
+        if header:
+            inside = header.group(1) == SECTION
+        if inside:
+            lines.append(line)
+    return "\n".join(lines).rstrip("\n") + "\n" if lines else ""
+
+
+def defaults_text(env: AirflowEnv, home: Path, secret_url: str = "") -> str:
+    """The version's default airflow.cfg for this AIRFLOW_HOME, untouched by the operator's
+    file (Airflow 3 would otherwise mix that file's extra sections in)."""
+    args = ["config", "list", "--defaults"]
+    if int(env.version.split(".")[0]) >= 3:
+        args.append("--show-values")  # Airflow 3 hides values unless asked
+    with tempfile.TemporaryDirectory(prefix="sentinel-defaults-") as scratch:
+        extra = {"AIRFLOW_CONFIG": str(Path(scratch) / "airflow.cfg")}
+        text = env.run(args, home, secret_url=secret_url, extra_env=extra).stdout
+    return without_section(text, SECTION)
+
+
+def without_section(text: str, name: str) -> str:
+    lines, inside = [], False
+    for line in text.splitlines():
+        header = _SECTION_LINE.match(line)
+        if header:
+            inside = header.group(1) == name
+        if not inside:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def target_maps(env: AirflowEnv, home: Path, secret_url: str = "") -> Maps:
+    done = subprocess.run(
+        [str(env.python), "-c", MAPS_PROBE],
+        env=airflow_environ(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("SENTINEL-MAPS "):
+            return Maps.from_json(json.loads(line[len("SENTINEL-MAPS ") :]))
+    why = scrub(last_line(done.stderr), secret_url)
+    raise UpgradeError(f"cannot read Airflow {env.version}'s option maps: {why}")

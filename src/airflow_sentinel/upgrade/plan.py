@@ -1,0 +1,213 @@
+"""Preflight: what must hold before an upgrade starts. Nothing here changes anything."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from packaging.version import InvalidVersion, Version
+from sqlalchemy.exc import SQLAlchemyError
+
+from airflow_sentinel.airflow_env import env_dir_name
+from airflow_sentinel.errors import SentinelError, UserError
+from airflow_sentinel.upgrade.databases import Database
+from airflow_sentinel.upgrade.installation import Installation
+
+# Room for a new environment beside the old one (Airflow 3 with providers is about 600 MB).
+ENV_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    blocking: bool = True
+
+
+def parse_target(to_version: str, current: str) -> Version:
+    try:
+        target = Version(to_version)
+    except InvalidVersion:
+        raise UserError(
+            f"--to {to_version!r}: not a version; accepted: e.g. 3.1.0 or 2.10.5"
+        ) from None
+    if target <= Version(current):
+        raise UserError(
+            f"--to {to_version}: not newer than the installed Airflow {current}; "
+            "to go back, use `airflow-sentinel upgrade rollback`"
+        )
+    return target
+
+
+def new_env_path(
+    inst: Installation, to_version: str, requirements: list[str], constraints: str, in_place: bool
+) -> Path:
+    if in_place:
+        return inst.env.path
+    return inst.env.path.parent / env_dir_name(to_version, requirements, constraints)
+
+
+def path_check(inst: Installation, database: Database, target: Version) -> Check:
+    current = Version(inst.env.version)
+    if target.major >= 3 and current < Version("2.7"):
+        return Check(
+            "upgrade path", False, f"Airflow 3 needs 2.7 or later first; this is {current}"
+        )
+    if target.major >= 3 and inst.dialect == "mysql":
+        server = _server_version(database)
+        if "mariadb" in server.lower():
+            return Check(
+                "upgrade path",
+                False,
+                f"Airflow 3 does not support MariaDB (server {server}); stay on 2.x or move "
+                "the metadata database to PostgreSQL or MySQL 8 first",
+            )
+        if server and Version(re.split(r"[^0-9.]", server)[0]) < Version("8.0"):
+            return Check("upgrade path", False, f"Airflow 3 needs MySQL 8.0 or later ({server})")
+    if target.major > current.major + 1:
+        return Check(
+            "upgrade path", False, f"upgrade one major version at a time ({current} -> {target})"
+        )
+    return Check("upgrade path", True, f"{current} -> {target}")
+
+
+def _server_version(database: Database) -> str:
+    engine = database.engine()
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(sa.text("SELECT VERSION()")).scalar() or "")
+    except SQLAlchemyError:
+        return ""
+    finally:
+        engine.dispose()
+
+
+def index_check(to_version: str, constraints: str) -> Check:
+    if constraints:
+        found = Path(constraints).is_file()
+        return Check(
+            "package index",
+            found,
+            f"constraints file {constraints}" + ("" if found else " does not exist"),
+        )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", "apache-airflow"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("package index", False, f"cannot ask the package index ({type(exc).__name__})")
+    versions = re.search(r"Available versions: (.*)", done.stdout)
+    if versions is None:
+        return Check("package index", False, "the package index did not answer")
+    if to_version not in [v.strip() for v in versions.group(1).split(",")]:
+        return Check("package index", False, f"apache-airflow {to_version} is not on the index")
+    return Check("package index", True, f"apache-airflow {to_version} is available")
+
+
+def disk_check(inst: Installation, database: Database, state_dir: Path, in_place: bool) -> Check:
+    need = _database_bytes(database) + ENV_BYTES * (0 if in_place else 1)
+    for folder in (inst.home / "dags", inst.home / "plugins"):
+        if folder.is_dir():
+            need += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    probe = state_dir if state_dir.exists() else state_dir.parent
+    free = shutil.disk_usage(probe).free
+    ok = free > need * 1.5
+    return Check("free disk", ok, f"{free >> 20} MiB free, about {need >> 20} MiB needed")
+
+
+def _database_bytes(database: Database) -> int:
+    queries = {
+        "postgresql": "SELECT pg_database_size(current_database())",
+        "mysql": "SELECT COALESCE(SUM(data_length + index_length), 0) "
+        "FROM information_schema.tables WHERE table_schema = DATABASE()",
+    }
+    name = database.sa_url.get_backend_name()
+    if name == "sqlite":
+        path = Path(database.sa_url.database or "")
+        return path.stat().st_size if path.exists() else 0
+    engine = database.engine()
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(queries[name])).scalar() or 0)
+    except SQLAlchemyError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def reach_check(database: Database) -> Check:
+    try:
+        database.check()
+    except SentinelError as exc:
+        return Check("metastore reachable", False, str(exc))
+    return Check("metastore reachable", True, database.sa_url.render_as_string(hide_password=True))
+
+
+def tools_check(database: Database) -> Check:
+    missing = database.missing_tools()
+    if missing:
+        return Check("dump tools", False, f"not on PATH: {', '.join(missing)}")
+    return Check("dump tools", True, ", ".join(database.tools) or "built in (SQLite backup API)")
+
+
+def environment_check(inst: Installation, in_place: bool) -> Check:
+    if in_place or inst.side_by_side:
+        mode = "in place" if in_place else f"side by side; {inst.env_link} is switched"
+        return Check("environment", True, mode)
+    return Check(
+        "environment",
+        False,
+        f"{inst.env_link} is a directory: make the services use a symlink to it "
+        "(side-by-side upgrades switch the link), or pass --in-place",
+    )
+
+
+def dag_lint_check(inst: Installation, target: Version) -> Check:
+    """Airflow 3 incompatibilities in the DAGs, by ruff's AIR rules (advice, not a gate)."""
+    if target.major < 3 or Version(inst.env.version).major >= 3:
+        return Check("DAG compatibility", True, "not crossing to Airflow 3", blocking=False)
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    dags = Path(inst.option("core", "dags_folder") or inst.home / "dags")
+    if not Path(ruff).exists() or not dags.is_dir():
+        return Check(
+            "DAG compatibility", True, "skipped: ruff or the DAG folder is missing", blocking=False
+        )
+    done = subprocess.run(
+        [
+            ruff,
+            "check",
+            "--no-cache",
+            "--preview",
+            "--select",
+            "AIR3",
+            "--exit-zero",
+            "--output-format",
+            "concise",
+            str(dags),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    findings = [line for line in done.stdout.splitlines() if ": AIR" in line]
+    if findings:
+        return Check(
+            "DAG compatibility",
+            False,
+            f"{len(findings)} AIR3 finding(s), e.g. {findings[0][:160]}",
+            blocking=False,
+        )
+    return Check("DAG compatibility", True, "no AIR3 findings (ruff)", blocking=False)

@@ -1,0 +1,125 @@
+"""What runs Airflow during an upgrade: the failover controllers (through the metastore)
+and this node's other services (systemd units or configured commands)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from airflow_sentinel.metastore.base import HOLD, UPGRADE_LOCK, Metastore
+from airflow_sentinel.process.strays import matches
+from airflow_sentinel.upgrade.installation import UpgradeError, last_line
+
+SERVICE = "scheduler"
+
+
+@dataclass
+class Controllers:
+    """The failover controllers of the cluster, seen through their metastore."""
+
+    store: Metastore
+
+    def hold(self, run_id: str) -> None:
+        self.store.set_flag(HOLD, f"upgrade {run_id}")
+
+    def release(self) -> None:
+        self.store.set_flag(HOLD, None)
+
+    def wait_until_none_runs(self, timeout: float, stale_after: float) -> None:
+        """Until no controller reports a scheduler, no lease is live, and no scheduler
+        process runs on this host; UpgradeError naming what still runs at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = self.still_running(stale_after)
+            if not running:
+                return
+            if time.monotonic() >= deadline:
+                raise UpgradeError(
+                    f"schedulers still run after {timeout:g}s on hold: {', '.join(running)}"
+                )
+            time.sleep(0.5)
+
+    def still_running(self, stale_after: float) -> list[str]:
+        running = [
+            f"{n.node_id} (pid {n.scheduler_pid})"
+            for n in self.store.nodes()
+            if n.scheduler_running and n.last_heartbeat_age_s < stale_after
+        ]
+        lease = self.store.read_lease(SERVICE)
+        if lease is not None and lease.holder is not None:
+            age = lease.age_s if lease.age_s is not None else 0.0
+            if age < lease.ttl:
+                running.append(f"lease held by {lease.holder}")
+        running.extend(f"pid {pid} on this host" for pid in local_schedulers())
+        return running
+
+    # -- the cluster upgrade lock ---------------------------------------------------------
+    def claim_lock(self, record: dict[str, str]) -> dict[str, str] | None:
+        """Take the lock; None when taken, else the holder's record."""
+        if self.store.claim_flag(UPGRADE_LOCK, json.dumps(record, sort_keys=True)):
+            return None
+        return self.lock() or {}
+
+    def lock(self) -> dict[str, str] | None:
+        raw = self.store.flags().get(UPGRADE_LOCK)
+        return json.loads(raw) if raw else None
+
+    def release_lock(self, run_id: str) -> None:
+        held = self.lock()
+        if held is not None and held.get("run") == run_id:
+            self.store.set_flag(UPGRADE_LOCK, None)
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    """This node's Airflow services other than the scheduler the controller keeps."""
+
+    units: tuple[str, ...] = ()
+    stop_command: str = ""
+    start_command: str = ""
+
+    def stop(self) -> str:
+        if self.units:
+            _run(["systemctl", "stop", *self.units])
+        if self.stop_command:
+            _run(shlex.split(self.stop_command))
+        return self._described("stopped")
+
+    def start(self) -> str:
+        if self.units:
+            _run(["systemctl", "start", *self.units])
+        if self.start_command:
+            _run(shlex.split(self.start_command))
+        return self._described("started")
+
+    def _described(self, verb: str) -> str:
+        parts = list(self.units) + (["stop/start command"] if self.stop_command else [])
+        return f"{verb}: {', '.join(parts)}" if parts else "no local services configured"
+
+
+def local_schedulers() -> list[int]:
+    """Pids of `airflow scheduler` processes on this host, whoever started them."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "airflow_sentinel" in " ".join(cmdline):
+            continue
+        if matches(cmdline, ["airflow", "scheduler"]):
+            found.append(int(proc.info["pid"]))
+    return found
+
+
+def _run(argv: list[str]) -> None:
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UpgradeError(f"{argv[0]}: cannot run ({type(exc).__name__})") from None
+    if done.returncode != 0:
+        raise UpgradeError(f"{' '.join(argv[:3])} failed: {last_line(done.stderr)}")

@@ -1,0 +1,319 @@
+"""The steps of an upgrade and of its rollback. Each is idempotent: a run resumed after a
+kill -9 repeats the step that was under way, and that must be safe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
+from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
+from airflow_sentinel.upgrade import configure, files, verify
+from airflow_sentinel.upgrade.databases import Database
+from airflow_sentinel.upgrade.installation import AirflowEnv, Installation, UpgradeError
+from airflow_sentinel.upgrade.journal import DONE, Journal, Run
+from airflow_sentinel.upgrade.services import Controllers, LocalServices
+
+log = logging.getLogger("airflow_sentinel.upgrade")
+
+BACKUP = "backup"
+CONFIG_FILES = ("airflow.cfg", "webserver_config.py")
+
+
+@dataclass
+class Context:
+    run: Run
+    journal: Journal
+    installation: Installation
+    database: Database
+    controllers: Controllers | None
+    services: LocalServices
+    hold_timeout: float
+    verify_timeout: float
+    stale_after: float
+
+    @property
+    def folder(self) -> Path:
+        return self.journal.folder(self.run.id)
+
+    @property
+    def backup(self) -> Path:
+        path = self.folder / BACKUP
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    @property
+    def leader(self) -> bool:
+        return self.run.cluster_role == "leader"
+
+    @property
+    def home(self) -> Path:
+        return Path(self.run.home)
+
+    @property
+    def old_env(self) -> AirflowEnv:
+        return AirflowEnv(Path(self.run.old_env))
+
+    @property
+    def new_env(self) -> AirflowEnv:
+        return AirflowEnv(Path(self.run.new_env))
+
+    @property
+    def db_backup(self) -> Path:
+        return self.backup / f"database.{self.database.suffix}"
+
+
+Step = Callable[[Context], str]
+
+
+# -- forward ----------------------------------------------------------------------------
+def inspect(ctx: Context) -> str:
+    facts = verify.gather(ctx.old_env, ctx.home, ctx.installation.db_url)
+    ctx.run.facts["before"] = facts.as_dict()
+    return (
+        f"{len(facts.dags)} DAGs, {len(facts.import_errors)} import errors, "
+        f"{len(facts.plugins)} plugins"
+    )
+
+
+def stop(ctx: Context) -> str:
+    notes = []
+    if ctx.controllers is not None and ctx.leader:
+        running = ctx.controllers.still_running(ctx.stale_after)
+        ctx.run.facts.setdefault("scheduler_was_running", bool(running))
+        ctx.controllers.hold(ctx.run.id)
+        notes.append("controllers held")
+    notes.append(ctx.services.stop())
+    if ctx.controllers is not None and ctx.leader:
+        ctx.controllers.wait_until_none_runs(ctx.hold_timeout, ctx.stale_after)
+        ctx.run.facts.setdefault("scheduler_stopped_wall", time.time())  # the first stop
+        notes.append("no scheduler runs")
+    return "; ".join(notes)
+
+
+def backup(ctx: Context) -> str:
+    folder, config_dir = ctx.backup, ctx.installation.config.path.parent
+    saved = []
+    modes = {}
+    for name in CONFIG_FILES:
+        source = ctx.installation.config.path if name == "airflow.cfg" else config_dir / name
+        if source.is_file():
+            files.private_copy(source, folder / name)
+            modes[name] = [str(source), files.sha256(source), source.stat().st_mode & 0o7777]
+            saved.append(name)
+    ctx.run.facts["config_files"] = modes
+    archives = {}
+    for section, key in (("core", "dags_folder"), ("core", "plugins_folder")):
+        path = Path(ctx.installation.option(section, key) or ctx.home / key.split("_")[0])
+        if path.is_dir():
+            target = folder / f"{key.split('_')[0]}.tar.gz"
+            sums = files.archive_folder(path, target)
+            files.verify_archive(target, sums)
+            archives[key] = {"path": str(path), "archive": str(target), "files": sums}
+            saved.append(f"{target.name} ({len(sums)} files)")
+    ctx.run.facts["archives"] = archives
+    (folder / "packages.txt").write_text("\n".join(ctx.old_env.freeze()) + "\n")
+    (folder / "packages.txt").chmod(0o600)
+    saved.append("packages.txt")
+    if ctx.leader:
+        ctx.database.backup(ctx.db_backup)
+        ctx.run.facts["row_counts"] = ctx.database.row_counts()
+        ctx.run.facts["db_revision"] = database_revision(ctx.installation.db_url)
+        saved.append(f"{ctx.db_backup.name} ({ctx.db_backup.stat().st_size} bytes)")
+    return ", ".join(saved)
+
+
+def install(ctx: Context) -> str:
+    requirements = [f"apache-airflow=={ctx.run.to_version}", *ctx.run.facts["carried_packages"]]
+    target = Path(ctx.run.new_env)
+    key = requirement_key(requirements, ctx.run.constraints)
+    if (target / COMPLETE).is_file() and (target / COMPLETE).read_text() == key:
+        return f"reused {target} (built earlier for the same packages)"
+    if ctx.run.in_place:
+        build_venv(target, requirements, ctx.run.constraints, fresh=False)
+    else:
+        build_venv(target, requirements, ctx.run.constraints)
+    found = installed_version(target)
+    if found != ctx.run.to_version:
+        raise UpgradeError(f"installed Airflow is {found}, not {ctx.run.to_version}")
+    return f"installed {', '.join(requirements)} into {target}"
+
+
+def configure_step(ctx: Context) -> str:
+    """airflow.cfg for the target, built from the backup copy (so a repeat is the same)."""
+    cfg = ctx.installation.config.path
+    old_copy = ctx.backup / "airflow.cfg"
+    old_text = old_copy.read_text()
+    secret = ctx.installation.db_url  # Airflow's errors may echo the connection URL
+    old_defaults = configure.parse_defaults(configure.defaults_text(ctx.old_env, ctx.home, secret))
+    new_defaults = configure.defaults_text(ctx.new_env, ctx.home, secret)
+    maps = configure.target_maps(ctx.new_env, ctx.home, secret)
+    text, report = configure.carry_over(
+        configure.read_raw(old_copy), old_defaults, new_defaults, maps, dict(os.environ)
+    )
+    block = configure.sentinel_block(old_text)
+    if block:
+        text = text.rstrip("\n") + "\n\n" + block
+    mode = int(ctx.run.facts["config_files"]["airflow.cfg"][2])
+    staged = ctx.folder / "airflow.cfg.new"
+    staged.touch(mode=0o600)  # it holds the same secrets as airflow.cfg
+    staged.write_text(text)
+    files.restore_file(staged, cfg, mode)
+    lint = _lint(ctx)
+    report_path = ctx.folder / "config-report.txt"
+    report_path.write_text("\n".join([*report.lines(), *lint]) + "\n")
+    report_path.chmod(0o600)
+    ctx.run.facts["config_report"] = str(report_path)
+    return f"{report.summary()}; report in {report_path}"
+
+
+def _lint(ctx: Context) -> list[str]:
+    if int(ctx.run.to_version.split(".")[0]) < 3:
+        return []
+    try:
+        out = ctx.new_env.run(
+            ["config", "lint"], ctx.home, secret_url=ctx.installation.db_url
+        ).stdout
+    except UpgradeError as exc:
+        return [f"airflow config lint: {exc}"]
+    return ["airflow config lint:", *(f"  {line}" for line in out.strip().splitlines())]
+
+
+def migrate(ctx: Context) -> str:
+    if not ctx.leader:
+        return "done by the node that holds the cluster upgrade lock"
+    version = ctx.run.to_version
+    major_minor = tuple(int(p) for p in version.split(".")[:2])
+    command = ["db", "migrate"] if major_minor >= (2, 7) else ["db", "upgrade"]
+    ctx.new_env.run(command, ctx.home, timeout=3600, secret_url=ctx.installation.db_url)
+    wanted = expected_head(ctx.new_env.path)
+    actual = database_revision(ctx.installation.db_url)
+    if wanted is not None and actual != wanted:
+        raise UpgradeError(
+            f"migration incomplete: database at {actual}, Airflow {version} expects {wanted}"
+        )
+    return f"airflow {' '.join(command)}; schema at {actual}"
+
+
+def switch(ctx: Context) -> str:
+    if ctx.run.in_place:
+        return "in place: the environment already has the target"
+    point_link(Path(ctx.run.env_link), Path(ctx.run.new_env))
+    return f"{ctx.run.env_link} -> {ctx.run.new_env}"
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Repoint a symlink atomically: a new link, renamed over the old one."""
+    temporary = link.with_name(f".{link.name}.switch")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    temporary.replace(link)
+
+
+def start(ctx: Context) -> str:
+    ctx.run.facts["started_wall"] = time.time()
+    notes = [ctx.services.start()]
+    if ctx.controllers is not None and ctx.leader:
+        ctx.controllers.release()
+        notes.append("controllers released")
+    return "; ".join(notes)
+
+
+def verify_step(ctx: Context) -> str:
+    notes = []
+    if ctx.run.facts.get("scheduler_was_running"):
+        waited = verify.wait_for_heartbeat(
+            ctx.installation.db_url, ctx.run.facts["started_wall"], ctx.verify_timeout
+        )
+        ctx.run.facts["heartbeat_wall"] = time.time()
+        notes.append(f"scheduler heartbeat after {waited:.1f}s")
+    after = verify.gather(ctx.new_env, ctx.home, ctx.installation.db_url)
+    ctx.run.facts["after"] = after.as_dict()
+    found = verify.problems(verify.Facts.from_dict(ctx.run.facts["before"]), after)
+    if found:
+        raise UpgradeError("; ".join(found))
+    notes.append(f"{len(after.dags)} DAGs, no new import errors, plugins load")
+    return "; ".join(notes)
+
+
+# inspect comes after the backup: even Airflow's read-only commands write audit rows.
+FORWARD: tuple[tuple[str, Step], ...] = (
+    ("stop", stop),
+    ("backup", backup),
+    ("inspect", inspect),
+    ("install", install),
+    ("configure", configure_step),
+    ("migrate", migrate),
+    ("switch", switch),
+    ("start", start),
+    ("verify", verify_step),
+)
+
+
+# -- rollback ---------------------------------------------------------------------------
+def undo_stop(ctx: Context) -> str:
+    if not ctx.run.reached("stop"):
+        return "nothing to stop"
+    return stop(ctx)
+
+
+def restore_database(ctx: Context) -> str:
+    # Past the backup, Airflow commands ran against the database (audit rows at least).
+    if not (ctx.leader and ctx.run.step("backup").state == DONE and ctx.run.reached("inspect")):
+        return "the database was not changed"
+    ctx.database.restore(ctx.db_backup)
+    return f"restored from {ctx.db_backup.name}"
+
+
+def restore_config(ctx: Context) -> str:
+    if not ctx.run.reached("configure"):
+        return "configuration was not changed"
+    restored = []
+    for name, (original, digest, mode) in ctx.run.facts["config_files"].items():
+        files.restore_file(ctx.backup / name, Path(original), int(mode))
+        if files.sha256(Path(original)) != digest:
+            raise UpgradeError(f"{original}: restored copy does not match its checksum")
+        restored.append(name)
+    return f"restored byte for byte: {', '.join(restored)}"
+
+
+def switch_back(ctx: Context) -> str:
+    if not ctx.run.reached("switch") and not (ctx.run.in_place and ctx.run.reached("install")):
+        return "the environment was not switched"
+    if ctx.run.in_place:
+        build_venv(Path(ctx.run.old_env), [], "", fresh=False, sync=ctx.backup / "packages.txt")
+        return "reinstalled the old package list"
+    point_link(Path(ctx.run.env_link), Path(ctx.run.old_env))
+    return f"{ctx.run.env_link} -> {ctx.run.old_env}"
+
+
+def undo_start(ctx: Context) -> str:
+    if not ctx.run.reached("stop"):
+        return "nothing was stopped"
+    return start(ctx)
+
+
+def verify_old(ctx: Context) -> str:
+    version = installed_version(Path(ctx.run.env_link).resolve())
+    if version != ctx.run.from_version:
+        raise UpgradeError(f"{ctx.run.env_link} has Airflow {version}, not {ctx.run.from_version}")
+    if ctx.run.reached("stop") and ctx.run.facts.get("scheduler_was_running"):
+        waited = verify.wait_for_heartbeat(
+            ctx.installation.db_url, ctx.run.facts["started_wall"], ctx.verify_timeout
+        )
+        return f"Airflow {version}; scheduler heartbeat after {waited:.1f}s"
+    return f"Airflow {version}"
+
+
+BACKWARD: tuple[tuple[str, Step], ...] = (
+    ("stop", undo_stop),
+    ("restore-database", restore_database),
+    ("restore-config", restore_config),
+    ("switch-back", switch_back),
+    ("start", undo_start),
+    ("verify", verify_old),
+)

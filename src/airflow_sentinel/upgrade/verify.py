@@ -1,0 +1,82 @@
+"""What "it works" means, before and after: DAGs, import errors, plugins, a heartbeat."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow_sentinel.controller.health import JobTableProbe
+from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError
+
+
+@dataclass(frozen=True)
+class Facts:
+    dags: list[str]
+    import_errors: dict[str, str]  # file -> first line of the error
+    plugins: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Facts:
+        return cls(dags=raw["dags"], import_errors=raw["import_errors"], plugins=raw["plugins"])
+
+
+def _rows(raw: object) -> list[dict[str, Any]]:
+    return [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+
+
+def gather(env: AirflowEnv, home: Path, secret_url: str = "") -> Facts:
+    """The DAGs and import errors as Airflow parses the DAG folder, and the plugins it loads."""
+    local = ["--local"] if int(env.version.split(".")[0]) >= 3 else []
+    commands = {
+        "dags": ["dags", "list", *local],
+        "errors": ["dags", "list-import-errors", *local],
+        "plugins": ["plugins"],
+    }
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        futures = {k: pool.submit(env.run_json, v, home, secret_url) for k, v in commands.items()}
+        results = {k: _rows(f.result()) for k, f in futures.items()}
+    return Facts(
+        dags=sorted(str(r.get("dag_id")) for r in results["dags"]),
+        import_errors={
+            str(r.get("filepath")): (str(r.get("error", "")).strip().splitlines() or [""])[-1]
+            for r in results["errors"]
+        },
+        plugins=sorted(str(r.get("name")) for r in results["plugins"]),
+    )
+
+
+def problems(before: Facts, after: Facts) -> list[str]:
+    found = []
+    lost = sorted(set(before.dags) - set(after.dags))
+    if lost:
+        found.append(f"DAGs no longer load: {', '.join(lost)}")
+    new_errors = sorted(set(after.import_errors) - set(before.import_errors))
+    if new_errors:
+        first = new_errors[0]
+        found.append(
+            f"new import errors in {len(new_errors)} file(s), e.g. {first}: "
+            f"{after.import_errors[first][:200]}"
+        )
+    missing = sorted(set(before.plugins) - set(after.plugins))
+    if missing:
+        found.append(f"plugins no longer load: {', '.join(missing)}")
+    return found
+
+
+def wait_for_heartbeat(airflow_db_url: str, since_wall: float, timeout: float) -> float:
+    """Seconds until a scheduler started after ``since_wall`` heartbeats; UpgradeError if
+    none does within ``timeout``."""
+    probe = JobTableProbe(airflow_db_url, 10.0)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        age = probe.age(since_wall, time.time())
+        if age is not None and age < timeout:
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise UpgradeError(f"no scheduler heartbeat within {timeout:g}s")

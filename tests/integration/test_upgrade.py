@@ -1,0 +1,328 @@
+"""Real upgrades of a real Airflow installation: 2.10 to 3.x on SQLite and PostgreSQL, a
+minor upgrade on MariaDB, a failure injected after every step, kill -9 then resume then
+rollback. The Airflow environments are built once and cached between runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from airflow_sentinel.airflow_schema import expected_head
+from airflow_sentinel.upgrade.journal import Journal
+from tests.support.airflow_site import Site
+from tests.support.cluster import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+
+OLD = "2.10.5"
+NEW = os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2")
+STEPS = (
+    "stop",
+    "backup",
+    "inspect",
+    "install",
+    "configure",
+    "migrate",
+    "switch",
+    "start",
+    "verify",
+)
+FAIL_AFTER = "AIRFLOW_SENTINEL_UPGRADE_FAIL_AFTER"
+TIMINGS = Path(os.environ.get("SENTINEL_UPGRADE_TIMINGS", "/tmp/airflow-sentinel-upgrade-timings"))
+
+
+def _site(backend: str, old: str) -> Iterator[Site]:
+    site = Site(backend, Path(f"/tmp/airflow-sentinel-upgrade-{backend}"), old)
+    site.build_template()
+    yield site
+    site.drop_databases()
+    subprocess.run(["rm", "-rf", str(site.base)], check=False)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def built(request: pytest.FixtureRequest) -> Iterator[Site]:
+    yield from _site(request.param, OLD)
+
+
+@pytest.fixture
+def site(built: Site) -> Site:
+    built.restore()
+    return built
+
+
+def upgrade(site: Site, *args: str, fail_after: str = "") -> subprocess.CompletedProcess[str]:
+    return site.sentinel("upgrade", *args, extra_env={FAIL_AFTER: fail_after} if fail_after else {})
+
+
+def last_run(site: Site) -> dict[str, Any]:
+    done = site.sentinel("upgrade", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def running_schedulers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "airflow_sentinel" in " ".join(cmd):
+            continue
+        if len(cmd) >= 3 and cmd[1].endswith("/bin/airflow") and cmd[2] == "scheduler":
+            found.append(proc)
+    return found
+
+
+def scheduler_env_version() -> set[str]:
+    """The Airflow version each running scheduler's interpreter belongs to."""
+    versions = set()
+    for proc in running_schedulers():
+        with_version = Path(proc.info["cmdline"][0]).parent.parent.name  # airflow-X[-hash]
+        versions.add(with_version.split("-")[1])
+    return versions
+
+
+def save_timings(site: Site, name: str, run: dict[str, Any]) -> None:
+    TIMINGS.mkdir(parents=True, exist_ok=True)
+    steps = {
+        s["name"]: round(s["finished"] - s["started"], 1) for s in run["steps"] if s.get("finished")
+    }
+    back = {
+        s["name"]: round(s["finished"] - s["started"], 1)
+        for s in run["rollback"]
+        if s.get("finished")
+    }
+    facts = run["facts"]
+    assert isinstance(facts, dict)
+    downtime = None
+    if run["state"] == "succeeded" and facts.get("heartbeat_wall"):
+        downtime = round(facts["heartbeat_wall"] - facts["scheduler_stopped_wall"], 1)
+    record = {"steps": steps, "rollback": back, "scheduler_downtime_s": downtime}
+    (TIMINGS / f"{site.backend}-{name}.json").write_text(json.dumps(record, indent=2))
+    print(f"\n{site.backend} {name}: {json.dumps(record)}")
+
+
+# -- the real upgrade -----------------------------------------------------------------------
+def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) -> None:
+    with site.controller():
+        wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
+        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240")
+        assert done.returncode == 0, done.stdout + done.stderr
+        run = last_run(site)
+        save_timings(site, "upgrade", run)
+        assert run["state"] == "succeeded"
+        assert site.env_link.resolve().name.startswith(f"airflow-{NEW}-")
+        assert site.revision() == expected_head(site.env_link.resolve())
+        assert scheduler_env_version() == {NEW}
+
+        # Rows: connections, variables, pools and the finished DAG run are all there.
+        conn = json.loads(
+            _json_tail(site.airflow("connections", "get", "sentinel_pg", "-o", "json"))
+        )
+        assert conn[0]["host"] == "db.example"
+        assert "42" in site.airflow("variables", "get", "sentinel_var")
+        assert "sentinel_pool" in site.airflow("pools", "get", "sentinel_pool")
+        rows = site.table_rows()
+        assert any("success" in map(str, r) for r in rows["dag_run"])
+
+        # Configuration: carried, moved, dropped, kept; ours verbatim; still owner-only.
+        cfg = (site.home / "airflow.cfg").read_text()
+        assert "\nparallelism = 7\n" in cfg
+        assert "\nmetrics_allow_list = scheduler,executor\n" in cfg
+        assert _section_of(cfg, "instance_name = Sentinel upgrade test") == "api"
+        assert "\ncheck_slas = " not in cfg
+        assert "[team]\n" in cfg and "owner = data-platform" in cfg
+        assert "[sentinel]\nscheduler_command = " in cfg
+        assert (site.home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
+        report = Path(run["facts"]["config_report"]).read_text()
+        assert "[webserver] instance_name -> [api] instance_name" in report
+        assert "[core] check_slas" in report
+        # Backups are the owner's alone.
+        folder = site.home / "upgrades" / str(run["id"])
+        assert folder.stat().st_mode & 0o777 == 0o700
+        for path in (folder / "backup").iterdir():
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def _json_tail(out: str) -> str:
+    lines = out.splitlines()
+    return next(line for line in reversed(lines) if line.startswith("["))
+
+
+def _section_of(cfg: str, line: str) -> str:
+    section = ""
+    for text in cfg.splitlines():
+        if text.startswith("["):
+            section = text.strip("[]")
+        if text == line:
+            return section
+    return ""
+
+
+# -- failures and rollback ------------------------------------------------------------------
+@pytest.mark.parametrize("step", STEPS)
+def test_a_failure_after_any_step_rolls_everything_back(site: Site, step: str) -> None:
+    rows = site.table_rows()
+    cfg = (site.home / "airflow.cfg").read_bytes()
+    old_env = site.env_link.resolve()
+    done = upgrade(site, "run", "--to", NEW, fail_after=step)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{step}: failure injected after this step" in done.stderr
+    assert "rolled back" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    run = last_run(site)
+    assert run["state"] == "rolled back"
+    if step == "migrate":
+        save_timings(site, "rollback-after-migrate", run)
+    assert site.table_rows() == rows
+    assert (site.home / "airflow.cfg").read_bytes() == cfg
+    assert site.env_link.resolve() == old_env
+    assert "2.10.5" in site.airflow("version")
+
+
+def test_a_target_that_cannot_install_rolls_back(site: Site, tmp_path: Path) -> None:
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("apache-airflow==3.0.0\n")  # contradicts --to
+    rows = site.table_rows()
+    done = upgrade(site, "run", "--to", NEW, "--constraints", str(constraints))
+    assert done.returncode == 1
+    assert "install:" in done.stderr and "rolled back" in done.stderr
+    assert site.table_rows() == rows
+    assert "2.10.5" in site.airflow("version")
+
+
+def test_rollback_with_a_scheduler_brings_the_old_version_back(site: Site) -> None:
+    """The new scheduler ran (and wrote); then verify failed: the old one runs again."""
+    with site.controller():
+        wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
+        work = {
+            t: r
+            for t, r in site.table_rows().items()
+            if t in ("connection", "variable", "slot_pool", "dag_run", "task_instance")
+        }
+        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", fail_after="verify")
+        assert done.returncode == 1, done.stdout + done.stderr
+        run = last_run(site)
+        save_timings(site, "rollback-after-verify", run)
+        assert run["state"] == "rolled back"
+        wait_until(lambda: scheduler_env_version() == {"2.10.5"}, 240, "the old scheduler")
+        after = site.table_rows()
+        assert {t: after[t] for t in work} == work
+
+
+def test_kill_9_mid_migration_then_resume_then_rollback(site: Site) -> None:
+    rows = site.table_rows()
+    cfg = (site.home / "airflow.cfg").read_bytes()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow-sentinel"), "upgrade", "run", "--to", NEW],
+        env=site.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    journal = Journal(site.home / "upgrades")
+
+    def migrating() -> bool:
+        runs = journal.runs()
+        return bool(runs) and runs[-1].step("migrate").state == "running"
+
+    wait_until(migrating, 300, "the migration to begin", 0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # `airflow db migrate` is in its group: killed too
+    proc.wait()
+    assert journal.runs()[-1].state == "in progress"
+
+    resumed = site.sentinel("upgrade", "resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert last_run(site)["state"] == "succeeded"
+    assert site.env_link.resolve().name.startswith(f"airflow-{NEW}-")
+
+    back = site.sentinel("upgrade", "rollback")  # no new work: no question asked
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert last_run(site)["state"] == "rolled back"
+    assert site.table_rows() == rows
+    assert (site.home / "airflow.cfg").read_bytes() == cfg
+    assert "2.10.5" in site.airflow("version")
+
+
+def test_rollback_says_what_would_be_lost(site: Site) -> None:
+    done = upgrade(site, "run", "--to", NEW, "--no-rollback", fail_after="switch")
+    assert done.returncode == 1 and "not rolled back" in done.stderr
+    site.airflow("variables", "set", "made_after_the_upgrade", "1")
+    refused = site.sentinel("upgrade", "rollback")
+    assert refused.returncode == 2
+    assert "variable: 2 now, 1 in the backup" in refused.stderr
+    assert "--yes" in refused.stderr
+    accepted = site.sentinel("upgrade", "rollback", "--yes")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "2.10.5" in site.airflow("version")
+
+
+def test_an_old_scheduler_is_refused_on_a_new_schema(site: Site) -> None:
+    done = upgrade(site, "run", "--to", NEW, "--no-rollback", fail_after="migrate")
+    assert done.returncode == 1, done.stdout + done.stderr
+    # The schema is Airflow 3's; the services still use 2.10.5. Lift the hold by hand.
+    assert site.sentinel("clear-metadata", "--yes").returncode == 0
+    with site.controller():
+
+        def refused() -> bool:
+            out = site.sentinel("metadata", "--json").stdout
+            return "scheduler_refused" in out and "expects schema" in out
+
+        wait_until(refused, 120, "the controller to refuse the 2.10 scheduler", 1)
+        assert running_schedulers() == []
+    back = site.sentinel("upgrade", "rollback", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+
+
+# -- operator mistakes: one line, exit 2 ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--to", "banana"], "not a version"),
+        (["run", "--to", "2.9.0"], "not newer than the installed Airflow 2.10.5"),
+        (["plan", "--to", NEW, "--airflow-env", "/nonexistent"], "not a virtual environment"),
+        (["rollback", "no-such-run"], "no upgrade run 'no-such-run'"),
+        (["resume"], "no upgrade runs recorded"),
+    ],
+)
+def test_operator_mistakes_get_one_line(site: Site, args: list[str], expected: str) -> None:
+    done = site.sentinel("upgrade", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# -- MariaDB ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def maria() -> Iterator[Site]:
+    yield from _site("mariadb", "2.10.4")
+
+
+def test_mariadb_minor_upgrade_and_restore_and_no_airflow_3(maria: Site) -> None:
+    maria.restore()
+    plan = maria.sentinel("upgrade", "plan", "--to", NEW)
+    assert plan.returncode == 1
+    assert "Airflow 3 does not support MariaDB" in plan.stdout
+    refused = maria.sentinel("upgrade", "run", "--to", NEW)
+    assert refused.returncode == 2 and "does not support MariaDB" in refused.stderr
+
+    rows = maria.table_rows()
+    failed = upgrade(maria, "run", "--to", "2.10.5", fail_after="migrate")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    run = last_run(maria)
+    backup = next(s for s in run["steps"] if s["name"] == "backup")
+    assert "database.sql" in backup["detail"], failed.stderr  # mariadb-dump
+    assert maria.table_rows() == rows
+
+    done = upgrade(maria, "run", "--to", "2.10.5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    save_timings(maria, "minor-upgrade", last_run(maria))
+    assert "2.10.5" in maria.airflow("version")
+    assert "42" in maria.airflow("variables", "get", "sentinel_var")

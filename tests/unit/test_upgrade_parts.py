@@ -1,0 +1,207 @@
+"""The upgrade manager's pure parts: configuration carry-over, the journal, schema heads,
+file backups. (The real upgrades are in tests/integration/test_upgrade.py.)"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+
+from airflow_sentinel.airflow_schema import expected_head, installed_version
+from airflow_sentinel.errors import UserError
+from airflow_sentinel.upgrade import files
+from airflow_sentinel.upgrade.configure import (
+    Maps,
+    carry_over,
+    parse_defaults,
+    render,
+    sentinel_block,
+    without_section,
+)
+from airflow_sentinel.upgrade.installation import UpgradeError, parse_json_tail
+from airflow_sentinel.upgrade.journal import DONE, Journal, Run, StepRecord
+from airflow_sentinel.upgrade.plan import parse_target
+
+OLD_DEFAULTS = """[core]
+# The folder
+# dags_folder = /home/dags
+# parallelism = 32
+# executor = SequentialExecutor
+# check_slas = True
+
+[webserver]
+# instance_name =
+"""
+NEW_DEFAULTS = """[core]
+# The folder
+# dags_folder = /home/dags
+# parallelism = 32
+# executor = LocalExecutor
+
+[api]
+# instance_name =
+"""
+MAPS = Maps(
+    renames={("webserver", "instance_name"): ("api", "instance_name")},
+    removed={("core", "check_slas"): (None, "SLAs are gone")},
+    default_changes={("core", "executor"): ("SequentialExecutor", "LocalExecutor")},
+)
+
+
+def _cfg(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return parser
+
+
+def test_defaults_are_read_commented_or_not() -> None:
+    found = parse_defaults(OLD_DEFAULTS + "[x]\nkey = value\n")
+    assert found[("core", "parallelism")] == "32"
+    assert found[("webserver", "instance_name")] == ""
+    assert found[("x", "key")] == "value"
+    assert ("core", "The") not in found
+
+
+def test_only_changed_options_are_carried_renamed_or_dropped_and_all_are_reported() -> None:
+    old = _cfg(
+        "[core]\ndags_folder = /home/dags\nparallelism = 7\nexecutor = SequentialExecutor\n"
+        "check_slas = False\n[webserver]\ninstance_name = Ours\n[team]\nowner = me\n"
+        "[sentinel]\nlease_ttl = 12\n"
+    )
+    text, report = carry_over(
+        old,
+        parse_defaults(OLD_DEFAULTS),
+        NEW_DEFAULTS,
+        MAPS,
+        {"AIRFLOW__WEBSERVER__INSTANCE_NAME": "x"},
+    )
+    parsed = _cfg(text)
+    assert parsed.get("core", "parallelism") == "7"
+    assert not parsed.has_option("core", "executor")  # the old default: the new one applies
+    assert not parsed.has_option("core", "check_slas")
+    assert parsed.get("api", "instance_name") == "Ours"
+    assert parsed.get("team", "owner") == "me"
+    assert not parsed.has_section("sentinel")  # copied verbatim by the caller
+    assert report.carried == ["[core] parallelism"]
+    assert report.renamed == ["[webserver] instance_name -> [api] instance_name"]
+    assert report.dropped == ["[core] check_slas: SLAs are gone"]
+    assert report.unknown_kept == ["[team] owner"]
+    assert report.defaults_changed == ["[core] executor: SequentialExecutor -> LocalExecutor"]
+    assert report.environment == [
+        "AIRFLOW__WEBSERVER__INSTANCE_NAME -> AIRFLOW__API__INSTANCE_NAME"
+    ]
+    assert "Ours" not in "\n".join(report.lines())  # values may be secrets: names only
+
+
+def test_a_removal_that_depends_on_the_value_keeps_other_values() -> None:
+    maps = Maps(removed={("core", "hostname"): (":", "")})
+    old = _cfg("[core]\nhostname = myhost\n")
+    text, report = carry_over(old, {}, "[core]\n", maps, {})
+    assert _cfg(text).get("core", "hostname") == "myhost"
+    assert report.dropped == []
+
+
+def test_render_replaces_the_commented_default_in_place_and_keeps_multiline_values() -> None:
+    text = render(NEW_DEFAULTS, {("core", "parallelism"): "7", ("core", "extra"): "a\nb"})
+    lines = text.splitlines()
+    assert "parallelism = 7" in lines and "# parallelism = 32" not in lines
+    assert lines.index("parallelism = 7") < lines.index("[api]")
+    assert _cfg(text).get("core", "extra") == "a\nb"
+
+
+def test_sentinel_section_is_cut_out_and_copied_verbatim() -> None:
+    text = "[core]\na = 1\n[sentinel]\n# comment\nlease_ttl = 12\n[z]\nb = 2\n"
+    assert sentinel_block(text) == "[sentinel]\n# comment\nlease_ttl = 12\n"
+    assert "[sentinel]" not in without_section(text, "sentinel")
+    assert "[z]" in without_section(text, "sentinel")
+
+
+def test_json_after_log_lines_is_found() -> None:
+    out = '[2026-01-01] {x.py:1} WARNING - moved\n[{"dag_id": "a"}]\n'
+    assert parse_json_tail(out, "x") == [{"dag_id": "a"}]
+    assert parse_json_tail("No data found\n", "x") == []
+    with pytest.raises(UpgradeError, match="not JSON"):
+        parse_json_tail("[broken\n", "x")
+
+
+def test_target_versions_are_checked() -> None:
+    assert str(parse_target("3.1.0", "2.10.5")) == "3.1.0"
+    with pytest.raises(UserError, match="not a version"):
+        parse_target("three", "2.10.5")
+    with pytest.raises(UserError, match="not newer"):
+        parse_target("2.10.5", "2.10.5")
+
+
+def _fake_env(tmp_path: Path, version: str, heads: str) -> Path:
+    env = tmp_path / "env"
+    site = env / "lib" / "python3.11" / "site-packages"
+    (site / f"apache_airflow-{version}.dist-info").mkdir(parents=True)
+    (site / "airflow" / "utils").mkdir(parents=True)
+    (site / "airflow" / "utils" / "db.py").write_text(
+        f"x = 1\n_REVISION_HEADS_MAP: dict[str, str] = {heads}\n"
+    )
+    return env
+
+
+def test_the_expected_schema_is_the_newest_head_at_or_below_the_version(tmp_path: Path) -> None:
+    env = _fake_env(tmp_path, "2.10.5", '{"2.9.0": "aaa", "2.10.3": "bbb", "3.0.0": "ccc"}')
+    assert installed_version(env) == "2.10.5"
+    assert expected_head(env) == "bbb"
+    assert expected_head(env, "3.1.0") == "ccc"
+    assert expected_head(env, "2.0.0") is None
+
+
+def test_the_journal_survives_a_reload_and_lists_runs(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "upgrades")
+    run = Run(
+        id="r1",
+        node="n",
+        home="/h",
+        env_link="/l",
+        old_env="/o",
+        new_env="/n",
+        from_version="2.10.5",
+        to_version="3.0.0",
+        cluster_role="leader",
+        steps=[StepRecord("inspect"), StepRecord("stop")],
+    )
+    folder = journal.create(run)
+    run.steps[0].state = DONE
+    journal.save(run)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    loaded = journal.load("r1")
+    assert loaded.steps[0].state == DONE and loaded.reached("inspect")
+    assert not loaded.reached("stop")
+    assert [r.id for r in journal.runs()] == ["r1"]
+    with pytest.raises(UserError, match="known runs: r1"):
+        journal.load("nope")
+
+
+def test_archives_carry_checksums_and_restore_exactly(tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    (dags / "sub").mkdir(parents=True)
+    (dags / "a.py").write_text("a")
+    (dags / "sub" / "b.py").write_text("b")
+    archive = tmp_path / "dags.tar.gz"
+    sums = files.archive_folder(dags, archive)
+    assert set(sums) == {"a.py", "sub/b.py"}
+    assert archive.stat().st_mode & 0o777 == 0o600
+    files.verify_archive(archive, sums)
+    bad = dict(sums, **{"a.py": "0" * 64})
+    with pytest.raises(UpgradeError, match="checksum"):
+        files.verify_archive(archive, bad)
+
+
+def test_restored_files_are_byte_identical_with_their_mode(tmp_path: Path) -> None:
+    original = tmp_path / "airflow.cfg"
+    original.write_bytes(b"[core]\r\nx = %%1\n")
+    original.chmod(0o640)
+    copy = tmp_path / "copy"
+    files.private_copy(original, copy)
+    assert copy.stat().st_mode & 0o777 == 0o600
+    original.write_text("new")
+    files.restore_file(copy, original, 0o640)
+    assert original.read_bytes() == b"[core]\r\nx = %%1\n"
+    assert original.stat().st_mode & 0o777 == 0o640
