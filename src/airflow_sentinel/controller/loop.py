@@ -94,6 +94,7 @@ class Controller:
         self._reported_strays: set[int] = set()
         self._reported_pid: int | None = None
         self._stop_requested = False
+        self._stop_signal: str | None = None
         self._subreaper = False
         self._renewal_failed = False
         self._tick_now = True
@@ -133,12 +134,16 @@ class Controller:
                 self.tick()
                 next_tick = self.clock.now() + self.settings.renew_interval
             self._wait(self._wake_time(next_tick))
+        if self._stop_signal is not None:
+            log.info("received %s: stopping", self._stop_signal)
         self.shutdown()
         return 0
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
+            # Logged by the loop: a handler that logged could interrupt a write to the
+            # same stream, and that write would fail.
+            self._stop_signal = signal.Signals(signum).name
             self.request_stop()
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import random
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -128,9 +127,3 @@ class Nemesis:
         if done.returncode:
             fault.ok, fault.detail = False, (done.stderr or done.stdout).strip()[-300:]
         return fault
-
-
-def hold_until(deadline: float) -> None:
-    remaining = deadline - boottime()
-    if remaining > 0:
-        time.sleep(remaining)

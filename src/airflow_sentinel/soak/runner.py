@@ -18,7 +18,7 @@ from types import FrameType
 from airflow_sentinel.errors import SentinelError
 from airflow_sentinel.soak import hosts, servers
 from airflow_sentinel.soak.checker import Fault, Verdict, check
-from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, hold_until, kinds_for
+from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, kinds_for
 from airflow_sentinel.soak.nodes import PROFILES, Node, lease_ttl, probe_command
 from airflow_sentinel.soak.probe import boottime
 from airflow_sentinel.soak.recorder import Recorder
@@ -64,15 +64,33 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM reached the soak: stop injecting, clean up, still report."""
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    raised = False
+class StopFlag:
+    """Set by SIGINT or SIGTERM and looked at where stopping is safe. A handler that
+    raised could land inside a log call or a heal, which would swallow the exception and
+    let the soak go on."""
 
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            raise Interrupted(self.signal_name)
+
+    def sleep(self, seconds: float) -> None:
+        """Like time.sleep, but raises Interrupted within 0.1 s of a signal."""
+        give_up = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+
+@contextmanager
+def interruptible(flag: StopFlag) -> Iterator[None]:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal raised
-        if not raised:  # a second Ctrl-C must not cut the cleanup short
-            raised = True
-            raise Interrupted(signal.Signals(signum).name)
+        flag.signal_name = flag.signal_name or signal.Signals(signum).name
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -90,6 +108,7 @@ class Soak:
     recorder: Recorder | None = None
     nodes: list[Node] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    stop: StopFlag = field(default_factory=StopFlag)
 
     @property
     def ttl(self) -> float:
@@ -101,7 +120,7 @@ class Soak:
         self.plan.out.mkdir(parents=True, exist_ok=True)
         self.plan.out.chmod(0o755)  # a private database server runs as its own user
         interrupted = None
-        with interruptible(), ExitStack() as cleanup:
+        with interruptible(self.stop), ExitStack() as cleanup:
             cleanup.callback(self._teardown)
             started = boottime()
             try:
@@ -135,6 +154,7 @@ class Soak:
         server_dir.mkdir(exist_ok=True)
         self.server = SERVERS[self.plan.backend](server_dir, self.network.gateway)
         self.server.prepare()
+        self.stop.check()
         self.server.start()
         self.recorder = Recorder(out / "recorder.sock").start()
         settings = dict(PROFILES[self.plan.profile])
@@ -142,6 +162,7 @@ class Soak:
         settings["scheduler_command"] = probe_command(self.recorder.path)
         for host in self.network.hosts:
             node = Node(host, out / "nodes" / host.name, settings)
+            self.stop.check()
             node.start()
             self.nodes.append(node)
         log.info(
@@ -173,7 +194,7 @@ class Soak:
                 log.info("duration reached with %d faults left", len(schedule))
                 break
             self._wait_stable(timeout=60 + 6 * self.ttl)
-            time.sleep(rng.uniform(0.5, 1.5))
+            self.stop.sleep(rng.uniform(0.5, 1.5))
             batch = [schedule.pop(0)]
             if schedule and rng.random() < self.plan.overlap:
                 batch.append(schedule.pop(0))
@@ -190,7 +211,7 @@ class Soak:
                 "fault %d: %s on %s", len(self.faults) + len(injected), kind, injected[-1].node
             )
         for fault in sorted(injected, key=lambda f: f.heal_at):
-            hold_until(fault.heal_at)
+            self.stop.sleep(fault.heal_at - boottime())
             try:
                 fault.heal()
             except Exception as exc:
@@ -216,7 +237,7 @@ class Soak:
                     return True
             else:
                 since = None
-            time.sleep(0.05)
+            self.stop.sleep(0.05)
         log.error("no steady scheduler within %gs", timeout)
         return False
 
