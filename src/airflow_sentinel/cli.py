@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import socket
 import sys
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 from rich.console import Console
@@ -74,7 +75,31 @@ def host_identity() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Command groups imported only when used: ``soak`` and ``upgrade`` pull in modules that
+    the controller, started on every node, never needs."""
+
+    lazy: ClassVar[dict[str, str]] = {
+        "soak": "airflow_sentinel.soak.command:soak",
+        "upgrade": "airflow_sentinel.upgrade.command:upgrade",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, name = self.lazy[cmd_name].split(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def cli() -> None:
     """Keep exactly one Airflow scheduler running across a cluster of master nodes."""
 
@@ -314,17 +339,6 @@ def choose_target(state: ClusterState, active: str, target: str | None) -> str:
     if not candidates:
         raise UserError("no healthy standby to hand the scheduler to")
     return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id
-
-
-def _add_groups() -> None:
-    from airflow_sentinel.soak.command import soak
-    from airflow_sentinel.upgrade.command import upgrade
-
-    cli.add_command(soak)
-    cli.add_command(upgrade)
-
-
-_add_groups()
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 OLD = "2.10.5"
 NEW = os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2")
 STEPS = (
+    "install",
+    "configure",
     "stop",
     "backup",
     "inspect",
-    "install",
-    "configure",
     "migrate",
     "switch",
     "start",
@@ -121,6 +121,9 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert site.env_link.resolve().name.startswith(f"airflow-{NEW}-")
         assert site.revision() == expected_head(site.env_link.resolve())
         assert scheduler_env_version() == {NEW}
+        # The new environment and its airflow.cfg were ready before the old scheduler stopped.
+        configured = next(s for s in run["steps"] if s["name"] == "configure")
+        assert configured["finished"] < run["facts"]["scheduler_stopped_wall"]
 
         # Rows: connections, variables, pools and the finished DAG run are all there.
         conn = json.loads(

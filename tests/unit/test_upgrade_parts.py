@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from airflow_sentinel.upgrade.configure import (
 from airflow_sentinel.upgrade.installation import UpgradeError, parse_json_tail
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run, StepRecord
 from airflow_sentinel.upgrade.plan import parse_target
+from airflow_sentinel.upgrade.steps import FORWARD, check_configured_from, forward_steps
 
 OLD_DEFAULTS = """[core]
 # The folder
@@ -205,3 +207,26 @@ def test_restored_files_are_byte_identical_with_their_mode(tmp_path: Path) -> No
     files.restore_file(copy, original, 0o640)
     assert original.read_bytes() == b"[core]\r\nx = %%1\n"
     assert original.stat().st_mode & 0o777 == 0o640
+
+
+def test_side_by_side_the_new_environment_is_ready_before_the_hold() -> None:
+    order = forward_steps(in_place=False)
+    assert order.index("configure") < order.index("stop") < order.index("backup")
+    assert order.index("backup") < order.index("inspect") < order.index("migrate")
+    assert sorted(order) == sorted(FORWARD)
+
+
+def test_in_place_the_install_waits_for_the_hold() -> None:
+    order = forward_steps(in_place=True)
+    assert order.index("stop") < order.index("backup") < order.index("install")
+    assert order.index("install") < order.index("configure") < order.index("migrate")
+    assert sorted(order) == sorted(FORWARD)
+
+
+def test_an_airflow_cfg_changed_after_it_was_staged_stops_the_run() -> None:
+    saved: list[object] = ["/h/airflow.cfg", "aaa", 0o600]
+    facts: dict[str, Any] = {"configured_from": "aaa", "config_files": {"airflow.cfg": saved}}
+    check_configured_from(facts)
+    saved[1] = "bbb"
+    with pytest.raises(UpgradeError, match=r"/h/airflow\.cfg changed after the configure step"):
+        check_configured_from(facts)

@@ -29,7 +29,7 @@ from airflow_sentinel.upgrade import runner
 from airflow_sentinel.upgrade.databases import WORK_TABLES, open_database
 from airflow_sentinel.upgrade.installation import Installation, discover
 from airflow_sentinel.upgrade.services import Controllers, LocalServices
-from airflow_sentinel.upgrade.steps import FORWARD, Context
+from airflow_sentinel.upgrade.steps import Context, forward_steps
 
 
 def _common(func: Any) -> Any:
@@ -153,7 +153,7 @@ def plan_command(
     journal = _journal(state_dir)
     with _metastore() as store:
         checks = _checks(inst, to_version, in_place, constraints, journal, Controllers(store))
-    steps = [name for name, _ in FORWARD]
+    steps = list(forward_steps(in_place))
     blocking = [c for c in checks if c.blocking and not c.ok]
     if as_json:
         click.echo(
@@ -270,7 +270,7 @@ def _new_run(
         in_place=in_place,
         no_rollback=no_rollback,
         constraints=str(Path(constraints).absolute()) if constraints else "",
-        steps=runner.new_steps(),
+        steps=runner.new_steps(in_place),
     )
     run.facts["carried_packages"] = carried
     return run

@@ -268,7 +268,7 @@ class MysqlDatabase(Database):
         if url.username:
             lines.append(f"user={url.username}")
         if url.password:
-            lines.append(f'password="{url.password}"')
+            lines.append(f"password={_option_value(str(url.password))}")
         fd, path = tempfile.mkstemp(prefix="sentinel-my-", suffix=".cnf")
         try:
             os.write(fd, ("\n".join(lines) + "\n").encode())
@@ -316,6 +316,13 @@ class MysqlDatabase(Database):
             raise UpgradeError(self._explain("cannot clear the database", exc)) from None
         finally:
             engine.dispose()
+
+
+def _option_value(value: str) -> str:
+    """A value for a MySQL option file, quoted so that #, quotes, spaces and backslashes
+    in it are read back as they were."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def open_database(url: str) -> Database:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from airflow_sentinel.errors import SentinelError
 from airflow_sentinel.upgrade import journal as jr
 from airflow_sentinel.upgrade.installation import UpgradeError
-from airflow_sentinel.upgrade.steps import BACKWARD, FORWARD, Context, Step
+from airflow_sentinel.upgrade.steps import BACKWARD, FORWARD, Context, Step, forward_steps
 
 log = logging.getLogger("airflow_sentinel.upgrade")
 
@@ -29,8 +29,8 @@ class StepFailed(SentinelError):
     """A step failed; the run stopped (and was rolled back unless asked not to)."""
 
 
-def new_steps() -> list[jr.StepRecord]:
-    return [jr.StepRecord(name) for name, _ in FORWARD]
+def new_steps(in_place: bool) -> list[jr.StepRecord]:
+    return [jr.StepRecord(name) for name in forward_steps(in_place)]
 
 
 def _perform(ctx: Context, record: jr.StepRecord, action: Step, report: Report) -> None:
@@ -58,12 +58,11 @@ def _unexpected(exc: Exception) -> str:
 def forward(ctx: Context, report: Report) -> None:
     """Every forward step not done yet; on failure, the rollback (unless --no-rollback)."""
     ctx.run.state = jr.IN_PROGRESS
-    actions = dict(FORWARD)
     try:
         for record in ctx.run.steps:
             if record.state == jr.DONE:
                 continue
-            _perform(ctx, record, actions[record.name], report)
+            _perform(ctx, record, FORWARD[record.name], report)
             _maybe_inject_failure(record)
     except StepFailed as failure:
         ctx.run.error = str(failure)

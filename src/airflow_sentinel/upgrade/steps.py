@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
 from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
@@ -63,6 +64,10 @@ class Context:
         return AirflowEnv(Path(self.run.new_env))
 
     @property
+    def staged_config(self) -> Path:
+        return self.folder / "airflow.cfg.new"
+
+    @property
     def db_backup(self) -> Path:
         return self.backup / f"database.{self.database.suffix}"
 
@@ -106,6 +111,7 @@ def backup(ctx: Context) -> str:
             modes[name] = [str(source), files.sha256(source), source.stat().st_mode & 0o7777]
             saved.append(name)
     ctx.run.facts["config_files"] = modes
+    check_configured_from(ctx.run.facts)
     archives = {}
     for section, key in (("core", "dags_folder"), ("core", "plugins_folder")):
         path = Path(ctx.installation.option(section, key) or ctx.home / key.split("_")[0])
@@ -127,7 +133,21 @@ def backup(ctx: Context) -> str:
     return ", ".join(saved)
 
 
+def check_configured_from(facts: dict[str, Any]) -> None:
+    """The new airflow.cfg was staged before the hold, from the file then in use; a change
+    made to that file since would be lost at the switch."""
+    staged_from = facts.get("configured_from")
+    saved = facts["config_files"].get("airflow.cfg")
+    if staged_from is not None and saved is not None and saved[1] != staged_from:
+        raise UpgradeError(
+            f"{saved[0]} changed after the configure step; run the upgrade again so the "
+            "change is carried over"
+        )
+
+
 def install(ctx: Context) -> str:
+    if ctx.run.in_place:
+        _old_defaults(ctx)  # the environment is about to stop being the old version
     requirements = [f"apache-airflow=={ctx.run.to_version}", *ctx.run.facts["carried_packages"]]
     target = Path(ctx.run.new_env)
     key = requirement_key(requirements, ctx.run.constraints)
@@ -144,31 +164,43 @@ def install(ctx: Context) -> str:
 
 
 def configure_step(ctx: Context) -> str:
-    """airflow.cfg for the target, built from the backup copy (so a repeat is the same)."""
+    """Stage airflow.cfg for the target beside the journal; the switch puts it in place."""
     cfg = ctx.installation.config.path
-    old_copy = ctx.backup / "airflow.cfg"
-    old_text = old_copy.read_text()
+    ctx.run.facts["configured_from"] = files.sha256(cfg)
+    old_text = cfg.read_text()
     secret = ctx.installation.db_url  # Airflow's errors may echo the connection URL
-    old_defaults = configure.parse_defaults(configure.defaults_text(ctx.old_env, ctx.home, secret))
+    old_defaults = configure.parse_defaults(_old_defaults(ctx))
     new_defaults = configure.defaults_text(ctx.new_env, ctx.home, secret)
     maps = configure.target_maps(ctx.new_env, ctx.home, secret)
     text, report = configure.carry_over(
-        configure.read_raw(old_copy), old_defaults, new_defaults, maps, dict(os.environ)
+        configure.read_raw(cfg), old_defaults, new_defaults, maps, dict(os.environ)
     )
     block = configure.sentinel_block(old_text)
     if block:
         text = text.rstrip("\n") + "\n\n" + block
-    mode = int(ctx.run.facts["config_files"]["airflow.cfg"][2])
-    staged = ctx.folder / "airflow.cfg.new"
-    staged.touch(mode=0o600)  # it holds the same secrets as airflow.cfg
-    staged.write_text(text)
-    files.restore_file(staged, cfg, mode)
+    _private_write(ctx.staged_config, text)  # it holds the same secrets as airflow.cfg
     lint = _lint(ctx)
     report_path = ctx.folder / "config-report.txt"
-    report_path.write_text("\n".join([*report.lines(), *lint]) + "\n")
-    report_path.chmod(0o600)
+    _private_write(report_path, "\n".join([*report.lines(), *lint]) + "\n")
     ctx.run.facts["config_report"] = str(report_path)
     return f"{report.summary()}; report in {report_path}"
+
+
+def _old_defaults(ctx: Context) -> str:
+    """The old version's default airflow.cfg, kept once read: in place, the environment
+    no longer has it after the install."""
+    kept = ctx.folder / "defaults-before.cfg"
+    if not kept.is_file():
+        text = configure.defaults_text(ctx.old_env, ctx.home, ctx.installation.db_url)
+        _private_write(kept.with_suffix(".partial"), text)
+        kept.with_suffix(".partial").replace(kept)  # a kill -9 leaves no half file behind
+    return kept.read_text()
+
+
+def _private_write(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
 
 
 def _lint(ctx: Context) -> list[str]:
@@ -200,10 +232,13 @@ def migrate(ctx: Context) -> str:
 
 
 def switch(ctx: Context) -> str:
+    """The staged airflow.cfg and the new environment, each put in place atomically."""
+    cfg = ctx.installation.config.path
+    files.restore_file(ctx.staged_config, cfg, int(ctx.run.facts["config_files"]["airflow.cfg"][2]))
     if ctx.run.in_place:
-        return "in place: the environment already has the target"
+        return f"{cfg} replaced; in place: the environment already has the target"
     point_link(Path(ctx.run.env_link), Path(ctx.run.new_env))
-    return f"{ctx.run.env_link} -> {ctx.run.new_env}"
+    return f"{cfg} replaced; {ctx.run.env_link} -> {ctx.run.new_env}"
 
 
 def point_link(link: Path, target: Path) -> None:
@@ -240,18 +275,30 @@ def verify_step(ctx: Context) -> str:
     return "; ".join(notes)
 
 
-# inspect comes after the backup: even Airflow's read-only commands write audit rows.
-FORWARD: tuple[tuple[str, Step], ...] = (
-    ("stop", stop),
-    ("backup", backup),
-    ("inspect", inspect),
-    ("install", install),
-    ("configure", configure_step),
-    ("migrate", migrate),
-    ("switch", switch),
-    ("start", start),
-    ("verify", verify_step),
-)
+def forward_steps(in_place: bool) -> tuple[str, ...]:
+    """The order of a run. Side by side, the new environment and its airflow.cfg are made
+    ready while the old scheduler still runs, so the hold covers only backup, inspect,
+    migrate and the switch. In place, the install changes the running environment, so it
+    waits for the hold. inspect comes after the backup either way: even Airflow's read-only
+    commands write audit rows, and a rollback restores them to the backup's."""
+    held = ("stop", "backup", "inspect")
+    after = ("migrate", "switch", "start", "verify")
+    if in_place:
+        return (*held, "install", "configure", *after)
+    return ("install", "configure", *held, *after)
+
+
+FORWARD: dict[str, Step] = {
+    "stop": stop,
+    "backup": backup,
+    "inspect": inspect,
+    "install": install,
+    "configure": configure_step,
+    "migrate": migrate,
+    "switch": switch,
+    "start": start,
+    "verify": verify_step,
+}
 
 
 # -- rollback ---------------------------------------------------------------------------
@@ -270,7 +317,7 @@ def restore_database(ctx: Context) -> str:
 
 
 def restore_config(ctx: Context) -> str:
-    if not ctx.run.reached("configure"):
+    if not ctx.run.reached("switch"):
         return "configuration was not changed"
     restored = []
     for name, (original, digest, mode) in ctx.run.facts["config_files"].items():
