@@ -9,9 +9,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from airflow_sentinel.errors import SentinelError
@@ -94,6 +96,12 @@ def build_venv(
             _run([uv, "pip", "sync", "--quiet", "--python", str(python), str(sync)])
         else:
             _run([str(python), "-m", "pip", "install", "--quiet", "-r", str(sync)])
+    elif not fresh:
+        if uv is None:
+            raise BuildError(
+                "an in-place install needs uv (pip cannot remove what the old version needed)"
+            )
+        _install_exactly(uv, python, requirements, extra)
     elif uv is not None:
         _run(
             [
@@ -113,7 +121,25 @@ def build_venv(
     (target / COMPLETE).write_text(requirement_key(requirements, constraints))
 
 
-def _run(argv: list[str]) -> None:
+SEEDS = re.compile(r"^(pip|setuptools|wheel)==", re.IGNORECASE)
+
+
+def _install_exactly(uv: str, python: Path, requirements: list[str], extra: list[str]) -> None:
+    """Resolve ``requirements`` afresh and make the environment hold exactly that set, plus
+    the installer tools it had. Installing over the old version is not enough: packages only
+    it needed (a provider the target no longer supports) would stay and break the target."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wanted, lock = Path(tmp) / "requirements.in", Path(tmp) / "requirements.txt"
+        wanted.write_text("".join(f"{r}\n" for r in requirements))
+        py = ["--python", str(python)]
+        _run([uv, "pip", "compile", "--quiet", *py, *extra, str(wanted), "-o", str(lock)])
+        freeze = _run([uv, "pip", "freeze", *py])
+        seeds = [line for line in freeze.splitlines() if SEEDS.match(line)]
+        lock.write_text(lock.read_text() + "".join(f"{line}\n" for line in seeds))
+        _run([uv, "pip", "sync", "--quiet", "--compile-bytecode", *py, str(lock)])
+
+
+def _run(argv: list[str]) -> str:
     done = subprocess.run(
         argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
     )
@@ -123,3 +149,4 @@ def _run(argv: list[str]) -> None:
             f"{Path(argv[0]).name} {' '.join(argv[1:3])} failed: "
             + (lines[-1][:300] if lines else f"exit code {done.returncode}")
         )
+    return done.stdout

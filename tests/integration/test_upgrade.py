@@ -16,9 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
-from airflow_sentinel.airflow_schema import expected_head
+from airflow_sentinel.airflow_env import build_venv
+from airflow_sentinel.airflow_schema import expected_head, installed_version
 from airflow_sentinel.upgrade.journal import Journal
-from tests.support.airflow_site import Site
+from tests.support.airflow_site import OLD_EXTRAS, Site
 from tests.support.cluster import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
@@ -218,6 +219,37 @@ def test_rollback_with_a_scheduler_brings_the_old_version_back(site: Site) -> No
         wait_until(lambda: scheduler_env_version() == {"2.10.5"}, 240, "the old scheduler")
         after = site.table_rows()
         assert {t: after[t] for t in work} == work
+
+
+def test_in_place_upgrade_then_rollback(site: Site) -> None:
+    own = site.base / "own-env"  # in place changes the environment: not the shared cache's
+    build_venv(own, [f"apache-airflow=={OLD}", *OLD_EXTRAS])
+    try:
+        site.env_link.unlink()
+        site.env_link.symlink_to(own)
+        rows = site.table_rows()
+        cfg = (site.home / "airflow.cfg").read_bytes()
+        done = upgrade(site, "run", "--to", NEW, "--in-place")
+        assert done.returncode == 0, done.stdout + done.stderr
+        run = last_run(site)
+        names = [s["name"] for s in run["steps"]]
+        assert names.index("stop") < names.index("install")
+        assert installed_version(own) == NEW and site.env_link.resolve() == own
+        assert site.revision() == expected_head(own)
+        # The old defaults were read before the install replaced them: an option left at
+        # 2.10's default is reported as a changed default, not carried as a choice.
+        report = Path(run["facts"]["config_report"]).read_text()
+        assert "defaults that changed (your value was the old default): 0" not in report, report
+
+        back = upgrade(site, "rollback", "--yes")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert installed_version(own) == OLD
+        assert site.table_rows() == rows
+        assert (site.home / "airflow.cfg").read_bytes() == cfg
+    finally:
+        site.env_link.unlink(missing_ok=True)
+        site.env_link.symlink_to(site.old_env)
+        subprocess.run(["rm", "-rf", str(own)], check=False)
 
 
 def test_kill_9_mid_migration_then_resume_then_rollback(site: Site) -> None:

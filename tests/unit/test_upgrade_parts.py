@@ -20,7 +20,7 @@ from airflow_sentinel.upgrade.configure import (
     sentinel_block,
     without_section,
 )
-from airflow_sentinel.upgrade.installation import UpgradeError, parse_json_tail
+from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError, parse_json_tail
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run, StepRecord
 from airflow_sentinel.upgrade.plan import parse_target
 from airflow_sentinel.upgrade.steps import FORWARD, check_configured_from, forward_steps
@@ -230,3 +230,28 @@ def test_an_airflow_cfg_changed_after_it_was_staged_stops_the_run() -> None:
     saved[1] = "bbb"
     with pytest.raises(UpgradeError, match=r"/h/airflow\.cfg changed after the configure step"):
         check_configured_from(facts)
+
+
+def _dist(packages: Path, name: str, requires: tuple[str, ...] = ()) -> None:
+    info = packages / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    lines = [f"Name: {name}", "Version: 1.0", *(f"Requires-Dist: {r}" for r in requires)]
+    (info / "METADATA").write_text("Metadata-Version: 2.1\n" + "\n".join(lines) + "\n")
+
+
+def test_carried_are_what_the_operator_added_and_every_provider(tmp_path: Path) -> None:
+    packages = tmp_path / "lib" / "python3.11" / "site-packages"
+    _dist(packages, "apache-airflow", ("apache-airflow-providers-http", "sqlalchemy"))
+    _dist(packages, "apache-airflow-providers-http", ("requests",))
+    _dist(packages, "apache-airflow-providers-postgres")
+    _dist(packages, "requests")
+    _dist(packages, "sqlalchemy")
+    _dist(packages, "my-dag-helpers", ("requests",))
+    _dist(packages, "pip")
+    carried = AirflowEnv(tmp_path).carried_requirements()
+    # http came with Airflow 2.10 (3.x drops it) but DAGs may use it: carried too.
+    assert carried == [
+        "apache-airflow-providers-http",
+        "apache-airflow-providers-postgres",
+        "my-dag-helpers",
+    ]

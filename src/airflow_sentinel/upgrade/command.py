@@ -253,7 +253,7 @@ def run_command(
 def _new_run(
     inst: Installation, to_version: str, in_place: bool, constraints: str, no_rollback: bool
 ) -> jr.Run:
-    carried = inst.env.top_level_requirements()
+    carried = inst.env.carried_requirements()
     requirements = [f"apache-airflow=={to_version}", *carried]
     new_env = pf.new_env_path(inst, to_version, requirements, constraints, in_place)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

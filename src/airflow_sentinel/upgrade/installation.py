@@ -26,6 +26,7 @@ from airflow_sentinel.metastore.urls import mask, scrub
 # Not carried into a new environment: installers, and Airflow's own parts (the target's
 # apache-airflow brings the matching ones).
 NOT_CARRIED = re.compile(r"^(pip|setuptools|wheel|uv|apache-airflow(-core|-task-sdk)?)$")
+PROVIDER = re.compile(r"^apache-airflow-providers-")
 
 
 class UpgradeError(SentinelError):
@@ -62,11 +63,13 @@ class AirflowEnv:
         pins = {f"{_name(d)}=={d.version}" for d in self.distributions() if _name(d)}
         return sorted(pins, key=str.lower)
 
-    def top_level_requirements(self) -> list[str]:
-        """Packages nothing else here requires: what the operator asked for.
+    def carried_requirements(self) -> list[str]:
+        """What the target must have too: every package the operator installed on top
+        (nothing here requires it), and every provider, also those the old Airflow pulled in
+        itself (2.10 brings the HTTP provider, 3.x does not, and DAGs may use it).
 
-        Providers and drivers come unpinned, so the resolver picks versions that fit the
-        target; the target's own constraints file, when given, pins them.
+        They come unpinned, so the resolver picks versions that fit the target; the target's
+        own constraints file, when given, pins them.
         """
         dists = {(_name(d) or "").lower(): d for d in self.distributions()}
         required: set[str] = set()
@@ -81,7 +84,9 @@ class AirflowEnv:
         return sorted(
             _name(d) or ""
             for key, d in dists.items()
-            if key and _canonical(key) not in required and not NOT_CARRIED.match(_canonical(key))
+            if key
+            and (_canonical(key) not in required or PROVIDER.match(_canonical(key)))
+            and not NOT_CARRIED.match(_canonical(key))
         )
 
     def run(
