@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from airflow_sentinel.config.profiles import PROFILES as SHIPPED
 from airflow_sentinel.metastore.base import switchover_flag
 from tests.support.backends import fresh_metastore_url, selected_backends
 from tests.support.cluster import FAST, Cluster, running_cluster, wait_until
 
 PROFILES = {
     "default": {"lease_ttl": "15", "renew_interval": "3", "stop_timeout": "5"},
-    "fast": dict(FAST),
+    "fast": {k: v for k, v in SHIPPED["fast"].items() if k != "cooldown"},
 }
 FAULTS = ("scheduler killed", "active controller killed", "active controller frozen", "switchover")
 NODES = ("a", "b", "c")

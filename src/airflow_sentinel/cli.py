@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
+import logging
+import os
 import socket
 import sys
 import time
@@ -17,13 +19,19 @@ import click
 from rich.console import Console
 
 from airflow_sentinel import __version__
-from airflow_sentinel.airflow_schema import SchemaGate, scheduler_executable
+from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
 from airflow_sentinel.clock import SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import add_sentinel_section, load_airflow_config
-from airflow_sentinel.errors import MetastoreError, NodeIdConflict, SentinelError, UserError
+from airflow_sentinel.errors import (
+    ConfigError,
+    MetastoreError,
+    NodeIdConflict,
+    SentinelError,
+    UserError,
+)
 from airflow_sentinel.metastore import Metastore, open_metastore
-from airflow_sentinel.metastore.base import PAUSED, switchover_flag
+from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, switchover_flag
 from airflow_sentinel.metastore.urls import mask, password_of
 from airflow_sentinel.status import ClusterState, read_cluster, render_events, render_status
 
@@ -47,14 +55,23 @@ def setting_options(func: F) -> F:
 
 
 def settings_from(flags: dict[str, Any]) -> Settings:
+    """The layered settings; every problem, the flags' own included, is reported at once."""
     given = {k.name: flags.pop(k.name, None) for k in KEYS}
+    problems: list[str] = []
     if given.get("metastore") and password_of(str(given["metastore"])):
-        raise UserError(
+        problems.append(
             "--metastore: a password on the command line is visible to every user in the "
             "process list; set it in airflow.cfg [sentinel] metastore or "
             "AIRFLOW__SENTINEL__METASTORE"
         )
-    return load_settings(given)
+        given["metastore"] = mask(str(given["metastore"]))  # its other parts are still checked
+    try:
+        settings = load_settings(given)
+    except ConfigError as exc:
+        raise ConfigError([*problems, *exc.problems]) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 @contextmanager
@@ -114,8 +131,10 @@ def version() -> None:
 def init() -> None:
     """Add a commented [sentinel] section with every key and its default to airflow.cfg."""
     config = load_airflow_config()
+    folder_existed = config.path.parent.is_dir()  # Airflow, too, creates a missing one
     if add_sentinel_section(config):
-        click.echo(f"added a [sentinel] section to {config.path}")
+        created = "" if folder_existed else f"created {config.path.parent} and "
+        click.echo(f"{created}added a [sentinel] section to {config.path}")
     else:
         click.echo(f"{config.path} already has a [sentinel] section; nothing changed")
 
@@ -141,28 +160,66 @@ def start(**flags: Any) -> None:
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
 
+    given = dict(flags)
     settings = settings_from(flags)
     configure_logging(settings.node_id, settings.log_level)
     host = host_identity()
     with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
-        refuse_duplicate_node(store, settings, host)
         probe = None
         airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
         if settings.health_check == "heartbeat":
             probe = JobTableProbe(airflow_db, settings.renew_interval)
-        gate = SchemaGate(scheduler_executable(settings.scheduler_argv), airflow_db)
+        gate = schema_gate(settings, airflow_db)
         controller = Controller(
-            settings, store, SystemClock(), GuardLauncher(), host, probe, start_gate=gate
+            settings,
+            store,
+            SystemClock(),
+            GuardLauncher(),
+            host,
+            probe,
+            start_gate=gate,
+            reload=lambda: settings_from(dict(given)),
         )
+        other = controller.claim_node()
+        if other is not None:
+            raise NodeIdConflict(
+                f"node_id '{settings.node_id}' is in use by a live controller on {other}; "
+                "give each node its own node_id ([sentinel] node_id)"
+            )
         sys.exit(controller.run())
+
+
+def schema_gate(settings: Settings, airflow_db: str) -> SchemaGate | None:
+    """The gate for this node's scheduler; a command whose Airflow cannot be found is
+    refused here, before anything starts, unless the gate is switched off."""
+    path = os.environ.get("PATH", os.defpath)  # the scheduler gets our PATH
+    argv = settings.scheduler_argv
+    if resolve_program(argv, path) is None:
+        raise UserError(f"scheduler_command: program '{argv[0]}' not found (searched PATH)")
+    gate = SchemaGate(tuple(argv), airflow_db, path, timeout=settings.renew_interval)
+    problem = gate.installation_problem()
+    if settings.schema_gate == "off":
+        logging.getLogger("airflow_sentinel").warning(
+            "schema_gate = off: schedulers start without checking the database schema"
+        )
+        return None
+    if problem is not None:
+        raise UserError(problem)
+    return gate
 
 
 @contextmanager
 def node_lock(settings: Settings) -> Iterator[None]:
     """One controller per node_id on this host."""
     path = Path(settings.airflow_home) / f".airflow-sentinel-{settings.node_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:
+        handle = path.open("a")
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the lock file {path} ({exc.strerror}); the controller needs to "
+            "write to AIRFLOW_HOME: run it as the user that owns it"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -173,23 +230,9 @@ def node_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def refuse_duplicate_node(store: Metastore, settings: Settings, host: str) -> None:
-    for node in store.nodes():
-        if (
-            node.node_id == settings.node_id
-            and node.host != host
-            and node.role != "stopped"
-            and node.last_heartbeat_age_s < settings.lease_ttl
-        ):
-            raise NodeIdConflict(
-                f"node_id '{settings.node_id}' is in use by a live controller on {node.host} "
-                f"(heartbeat {node.last_heartbeat_age_s:.1f}s ago); give each node its own node_id"
-            )
-
-
-def _cluster(settings: Settings) -> ClusterState:
+def _cluster(settings: Settings, with_history: bool = False) -> ClusterState:
     with metastore_for(settings) as store:
-        return read_cluster(store, SERVICE, settings.lease_ttl)
+        return read_cluster(store, SERVICE, settings.lease_ttl, with_history)
 
 
 @cli.command()
@@ -197,7 +240,7 @@ def _cluster(settings: Settings) -> ClusterState:
 @setting_options
 def status(as_json: bool, **flags: Any) -> None:
     """Show the active node, the epoch, and every node's role and heartbeat."""
-    state = _cluster(settings_from(flags))
+    state = _cluster(settings_from(flags), with_history=True)
     if as_json:
         click.echo(json.dumps(state.to_json(), indent=2))
     else:
@@ -243,17 +286,43 @@ def metadata(as_json: bool, limit: int, **flags: Any) -> None:
 
 @cli.command("clear-metadata")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Clear even while an upgrade holds the cluster or holds the upgrade lock.",
+)
 @setting_options
-def clear_metadata(yes: bool, **flags: Any) -> None:
+def clear_metadata(yes: bool, force: bool, **flags: Any) -> None:
     """Forget nodes, events and flags. The lease and its epoch are kept, so it stays safe."""
     settings = settings_from(flags)
-    if not yes and not click.confirm(
-        f"clear the node registry, events and flags in {mask(settings.metastore)}?"
-    ):
-        raise UserError("not confirmed; nothing was cleared (use --yes to skip the question)")
     with metastore_for(settings) as store:
+        upgrade = upgrade_in_progress(store.flags())
+        if upgrade and not force:
+            raise UserError(
+                f"{upgrade}: clearing would lift it and let a scheduler start mid-upgrade; "
+                "finish or roll back the upgrade (airflow-sentinel upgrade status), or add "
+                "--force to clear anyway"
+            )
+        what = "the node registry, events and flags" + (f", releasing {upgrade}" if upgrade else "")
+        if not yes and not click.confirm(f"clear {what} in {store.description}?"):
+            raise UserError("not confirmed; nothing was cleared (use --yes to skip the question)")
         store.clear()
-    click.echo("cleared nodes, events and flags; the lease (and its epoch) is kept")
+    released = f"; released {upgrade}" if upgrade else ""
+    click.echo(f"cleared nodes, events and flags{released}; the lease (and its epoch) is kept")
+
+
+def upgrade_in_progress(flags: dict[str, str]) -> str | None:
+    """What an upgrade holds in the metastore, as an operator reads it, or None."""
+    held = []
+    if HOLD in flags:
+        held.append(f"the cluster is held ({flags[HOLD]})")
+    if UPGRADE_LOCK in flags:
+        try:
+            lock = json.loads(flags[UPGRADE_LOCK])
+        except ValueError:
+            lock = {}
+        held.append(f"the upgrade lock is held by run {lock.get('run')} on {lock.get('node')}")
+    return " and ".join(held) or None
 
 
 @cli.command()
@@ -345,7 +414,7 @@ def main() -> None:
     try:
         cli.main(prog_name="airflow-sentinel", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("airflow-sentinel: error: aborted", err=True)
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "airflow-sentinel"
@@ -359,8 +428,13 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:
-        click.echo(f"airflow-sentinel: error: {exc}", err=True)
+        click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     except (MetastoreError, SentinelError) as exc:
-        click.echo(f"airflow-sentinel: error: {exc}", err=True)
+        click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
         sys.exit(1)
+
+
+def one_line(message: str) -> str:
+    """A message as one line, even when a value in it held a line break."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,7 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from airflow_sentinel.metastore.base import (
+    CONFLICT_PREFIX,
+    HOLD,
     PAUSED,
+    UPGRADE_LOCK,
     EventRecord,
     LeaseRecord,
     Metastore,
@@ -17,7 +21,10 @@ from airflow_sentinel.metastore.base import (
     switchover_flag,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # additions keep the version; a change or removal bumps it
+BECAME_ACTIVE = "became_active"
+# Events read for the last failover: enough to reach back past a busy hour.
+RECENT_EVENTS = 200
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class ClusterState:
     nodes: list[NodeRecord]
     flags: dict[str, str]
     lease_ttl: float
+    last_takeover: EventRecord | None = None
 
     @property
     def active_node(self) -> str | None:
@@ -56,6 +64,13 @@ class ClusterState:
             "lease_age_s": _round(self.lease.age_s) if self.lease else None,
             "paused": PAUSED in self.flags,
             "switchover_to": switchover.partition(" ")[2] if switchover else None,
+            "hold": self._hold(),
+            "conflicts": {
+                name[len(CONFLICT_PREFIX) :]: value
+                for name, value in sorted(self.flags.items())
+                if name.startswith(CONFLICT_PREFIX)
+            },
+            "last_failover": _event_json(self.last_takeover),
             "nodes": [
                 {
                     **{k: v for k, v in asdict(n).items() if k != "last_heartbeat_age_s"},
@@ -66,19 +81,54 @@ class ClusterState:
             ],
         }
 
+    def _hold(self) -> dict[str, Any] | None:
+        reason = self.flags.get(HOLD)
+        lock = self.flags.get(UPGRADE_LOCK)
+        if reason is None and lock is None:
+            return None
+        try:
+            upgrade = json.loads(lock) if lock else None
+        except ValueError:
+            upgrade = {"raw": lock}
+        return {"reason": reason, "upgrade_lock": upgrade}
+
+
+def _event_json(event: EventRecord | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {
+        "node_id": event.node_id,
+        "epoch": event.epoch,
+        "detail": event.detail,
+        "age_s": _round(event.age_s),
+    }
+
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def read_cluster(store: Metastore, service: str, lease_ttl: float) -> ClusterState:
+def read_cluster(
+    store: Metastore, service: str, lease_ttl: float, with_history: bool = False
+) -> ClusterState:
+    """The cluster as the store has it. A report counts as live for one lease TTL: the
+    smaller of ours and the one the holder wrote, so a fast cluster's stale reports are
+    not trusted for the default TTL of a command run without its settings."""
+    lease = store.read_lease(service)
+    if lease is not None and lease.ttl > 0:
+        lease_ttl = min(lease_ttl, lease.ttl)
+    takeover = None
+    if with_history:
+        events = store.events(RECENT_EVENTS)
+        takeover = next((e for e in events if e.kind == BECAME_ACTIVE), None)
     return ClusterState(
         metastore=store.description,
         service=service,
-        lease=store.read_lease(service),
+        lease=lease,
         nodes=store.nodes(),
         flags=store.flags(),
         lease_ttl=lease_ttl,
+        last_takeover=takeover,
     )
 
 
@@ -92,6 +142,7 @@ def render_status(state: ClusterState, console: Console) -> None:
     console.print(f"active node: [bold]{active}[/bold]   epoch: {data['epoch']}   mode: {mode}")
     if data["switchover_to"]:
         console.print(f"switchover requested to: {data['switchover_to']}")
+    _render_notes(data, console)
     table = Table()
     for column in ("node", "role", "scheduler", "pid", "heartbeat age", "fit", "host", "version"):
         table.add_column(column)
@@ -103,11 +154,38 @@ def render_status(state: ClusterState, console: Console) -> None:
             "running" if node["scheduler_running"] else "-",
             str(node["scheduler_pid"] or "-"),
             f"{node['last_heartbeat_age_s']:.1f}s",
-            "yes" if node["fit"] else "cooling down",
+            _fitness(node),
             node["host"],
             node["version"],
         )
     console.print(table)
+
+
+def _fitness(node: dict[str, Any]) -> str:
+    if node["fit"]:
+        return "yes"
+    left = node.get("cooldown_left_s")
+    return f"cooling down ({left:.0f}s left)" if left else "cooling down"
+
+
+def _render_notes(data: dict[str, Any], console: Console) -> None:
+    """What an operator must know before acting: holds, conflicts, the last failover."""
+    hold = data["hold"]
+    if hold is not None:
+        lock = hold["upgrade_lock"] or {}
+        run = f" (run {lock.get('run')} on {lock.get('node')}, to {lock.get('to')})" if lock else ""
+        reason = hold["reason"] or "no hold flag; only the upgrade lock"
+        console.print(f"[bold]HELD[/bold]: {reason}{run}: no scheduler starts until released")
+    for node_id, where in data["conflicts"].items():
+        console.print(
+            f"[bold]CONFLICT[/bold]: a second controller on {where} uses node_id "
+            f"'{node_id}'; it will not lead until the first one stops"
+        )
+    last = data["last_failover"]
+    if last is not None:
+        console.print(
+            f"last takeover: {last['node_id']} {last['detail']} ({last['age_s']:.0f}s ago)"
+        )
 
 
 def render_events(events: list[EventRecord], console: Console) -> None:

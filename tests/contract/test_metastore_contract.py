@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event, NodeReport
+from tests.support.instances import dead, live, twin
 
 SERVICE = "scheduler"
 TTL = 10.0
@@ -43,7 +45,7 @@ def new_store(metastore_url: str, clock: FakeClock) -> Iterator[StoreFactory]:
 
 
 def test_first_acquire_takes_the_free_lease(new_store: StoreFactory, clock: FakeClock) -> None:
-    lease = new_store().try_acquire(SERVICE, "a", TTL)
+    lease = new_store().try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
     assert (lease.holder, lease.epoch, lease.valid_until) == ("a", 1, clock.now() + TTL)
 
@@ -52,12 +54,12 @@ def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:
     a, b = new_store(), new_store()
-    assert a.try_acquire(SERVICE, "a", TTL) is not None
-    assert b.try_acquire(SERVICE, "b", TTL) is None  # first sight starts b's own timer
+    assert a.try_acquire(SERVICE, live("a"), TTL) is not None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None  # first sight starts b's own timer
     clock.advance(TTL - 0.01)
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(0.01)
-    taken = b.try_acquire(SERVICE, "b", TTL)
+    taken = b.try_acquire(SERVICE, live("b"), TTL)
     assert taken is not None
     assert (taken.holder, taken.epoch) == ("b", 2)
 
@@ -65,44 +67,44 @@ def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
 def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:
-    assert new_store().try_acquire(SERVICE, "a", TTL) is not None
+    assert new_store().try_acquire(SERVICE, live("a"), TTL) is not None
     clock.advance(TTL * 100)  # nobody was watching: no one knows how long it has been
     late = new_store()
-    assert late.try_acquire(SERVICE, "b", TTL) is None
+    assert late.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(TTL)
-    assert late.try_acquire(SERVICE, "b", TTL) is not None
+    assert late.try_acquire(SERVICE, live("b"), TTL) is not None
 
 
 def test_renewal_restarts_the_standbys_wait(new_store: StoreFactory, clock: FakeClock) -> None:
     a, b = new_store(), new_store()
-    lease = a.try_acquire(SERVICE, "a", TTL)
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(TTL * 0.6)
     assert a.renew(lease, TTL) is not None
     clock.advance(TTL * 0.6)  # 1.2 TTL since b first looked, 0.6 since the renewal
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(TTL)
-    assert b.try_acquire(SERVICE, "b", TTL) is not None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is not None
 
 
 def test_standby_waits_the_holders_ttl_not_its_own(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:
     a, b = new_store(), new_store()
-    assert a.try_acquire(SERVICE, "a", 30.0) is not None
-    assert b.try_acquire(SERVICE, "b", 5.0) is None
+    assert a.try_acquire(SERVICE, live("a"), 30.0) is not None
+    assert b.try_acquire(SERVICE, live("b"), 5.0) is None
     clock.advance(10.0)
-    assert b.try_acquire(SERVICE, "b", 5.0) is None
+    assert b.try_acquire(SERVICE, live("b"), 5.0) is None
     clock.advance(20.0)
-    assert b.try_acquire(SERVICE, "b", 5.0) is not None
+    assert b.try_acquire(SERVICE, live("b"), 5.0) is not None
 
 
 def test_renew_extends_validity_from_the_time_it_was_sent(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:
     store = new_store()
-    lease = store.try_acquire(SERVICE, "a", TTL)
+    lease = store.try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
     clock.advance(3.0)
     renewed = store.renew(lease, TTL)
@@ -113,20 +115,20 @@ def test_renew_extends_validity_from_the_time_it_was_sent(
 
 def test_held_lease_is_not_taken_while_its_holder_lives(new_store: StoreFactory) -> None:
     a, b = new_store(), new_store()
-    assert a.try_acquire(SERVICE, "a", TTL) is not None
+    assert a.try_acquire(SERVICE, live("a"), TTL) is not None
     for _ in range(3):
-        assert b.try_acquire(SERVICE, "b", TTL) is None
+        assert b.try_acquire(SERVICE, live("b"), TTL) is None
 
 
 def test_an_expired_lease_is_taken_with_a_new_epoch_and_lost_to_its_old_holder(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:
     a, b = new_store(), new_store()
-    old = a.try_acquire(SERVICE, "a", TTL)
+    old = a.try_acquire(SERVICE, live("a"), TTL)
     assert old is not None
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(TTL)  # a stopped renewing; b has seen the same version for a whole TTL
-    new = b.try_acquire(SERVICE, "b", TTL)
+    new = b.try_acquire(SERVICE, live("b"), TTL)
     assert new is not None
     assert (new.holder, new.epoch) == ("b", old.epoch + 1)
     assert a.renew(old, TTL) is None
@@ -139,36 +141,84 @@ def test_an_expired_lease_is_taken_with_a_new_epoch_and_lost_to_its_old_holder(
 
 def test_release_lets_another_node_take_over_at_once(new_store: StoreFactory) -> None:
     a, b = new_store(), new_store()
-    lease = a.try_acquire(SERVICE, "a", TTL)
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     assert a.release(lease) is True
-    taken = b.try_acquire(SERVICE, "b", TTL)
+    taken = b.try_acquire(SERVICE, live("b"), TTL)
     assert taken is not None
     assert taken.epoch == lease.epoch + 1
 
 
 def test_transfer_hands_the_lease_to_the_target_only(new_store: StoreFactory) -> None:
     a, b, c = new_store(), new_store(), new_store()
-    lease = a.try_acquire(SERVICE, "a", TTL)
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
     assert a.transfer(lease, "b") is True
-    assert c.try_acquire(SERVICE, "c", TTL) is None
-    taken = b.try_acquire(SERVICE, "b", TTL)
+    assert c.try_acquire(SERVICE, live("c"), TTL) is None
+    taken = b.try_acquire(SERVICE, live("b"), TTL)
     assert taken is not None
-    assert taken.epoch > lease.epoch
+    assert taken.epoch == lease.epoch + 1  # one step per change of holder, not two
     assert a.renew(lease, TTL) is None
+    record = c.read_lease(SERVICE)
+    assert record is not None
+    assert (record.holder, record.epoch, record.instance) == ("b", taken.epoch, live("b").token)
 
 
-def test_a_node_reclaims_a_lease_recorded_as_its_own_with_a_new_epoch(
+def test_a_handover_is_claimed_by_one_instance_of_the_target_only(
     new_store: StoreFactory,
 ) -> None:
-    first = new_store().try_acquire(SERVICE, "a", TTL)
+    a, b1, b2 = new_store(), new_store(), new_store()
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
+    assert lease is not None
+    assert a.transfer(lease, "b")
+    first = b1.try_acquire(SERVICE, live("b"), TTL)
     assert first is not None
-    again = new_store().try_acquire(SERVICE, "a", TTL)  # the controller restarted
+    assert b2.try_acquire(SERVICE, twin("b"), TTL) is None  # the claim is the instance's now
+
+
+def test_the_same_instance_takes_its_lease_back_with_a_new_epoch(
+    new_store: StoreFactory,
+) -> None:
+    first = new_store().try_acquire(SERVICE, live("a"), TTL)
+    assert first is not None
+    again = new_store().try_acquire(SERVICE, live("a"), TTL)
     assert again is not None
     assert again.epoch == first.epoch + 1
-    assert new_store().renew(first, TTL) is None  # the old incarnation's lease is gone
+    assert new_store().renew(first, TTL) is None  # the earlier epoch's lease is gone
+
+
+def test_a_restart_on_the_same_boot_takes_a_dead_predecessors_lease_at_once(
+    new_store: StoreFactory,
+) -> None:
+    predecessor = dead("a")
+    first = new_store().try_acquire(SERVICE, predecessor, TTL)
+    assert first is not None
+    again = new_store().try_acquire(SERVICE, live("a"), TTL)  # its controller restarted
+    assert again is not None
+    assert again.epoch == first.epoch + 1
+
+
+def test_a_live_twin_with_the_same_node_id_waits_for_expiry_and_cannot_renew(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    a, twin_store = new_store(), new_store()
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
+    assert lease is not None
+    assert twin_store.try_acquire(SERVICE, twin("a"), TTL) is None
+    foreign = replace(lease, instance=twin("a").token)
+    assert twin_store.renew(foreign, TTL) is None
+    assert twin_store.release(foreign) is False
+    clock.advance(TTL - 0.5)
+    assert twin_store.try_acquire(SERVICE, twin("a"), TTL) is None
+    assert a.renew(lease, TTL) is not None  # the holder keeps it all along
+    clock.advance(TTL)
+    assert twin_store.try_acquire(SERVICE, twin("a"), TTL) is None  # renewed: wait again
+    clock.advance(TTL)
+    taken = twin_store.try_acquire(SERVICE, twin("a"), TTL)
+    assert taken is not None
+    assert taken.taken_from == "a"
+    assert a.renew(lease, TTL) is None
 
 
 def test_exactly_one_of_many_racing_nodes_wins(new_store: StoreFactory) -> None:
@@ -180,7 +230,7 @@ def test_exactly_one_of_many_racing_nodes_wins(new_store: StoreFactory) -> None:
     def race(index: int, store: Metastore) -> None:
         barrier.wait()
         try:
-            if store.try_acquire(SERVICE, f"n{index}", TTL) is not None:
+            if store.try_acquire(SERVICE, live(f"n{index}"), TTL) is not None:
                 winners.append(f"n{index}")
         except MetastoreError as exc:  # a busy SQLite may refuse; it must not win twice
             errors.append(exc)
@@ -200,12 +250,12 @@ def test_epochs_never_go_backwards(new_store: StoreFactory, clock: FakeClock) ->
     a, b = new_store(), new_store()
     seen: list[int] = []
     for _ in range(3):
-        lease = a.try_acquire(SERVICE, "a", TTL)
+        lease = a.try_acquire(SERVICE, live("a"), TTL)
         assert lease is not None
         seen.append(lease.epoch)
         a.clear()  # clearing metadata keeps the lease and its epoch
         assert a.release(lease)
-        lease_b = b.try_acquire(SERVICE, "b", TTL)
+        lease_b = b.try_acquire(SERVICE, live("b"), TTL)
         assert lease_b is not None
         seen.append(lease_b.epoch)
         assert b.release(lease_b)
@@ -215,8 +265,8 @@ def test_epochs_never_go_backwards(new_store: StoreFactory, clock: FakeClock) ->
 
 def test_services_have_independent_leases(new_store: StoreFactory) -> None:
     store = new_store()
-    assert store.try_acquire("scheduler", "a", TTL) is not None
-    other = store.try_acquire("triggerer", "b", TTL)
+    assert store.try_acquire("scheduler", live("a"), TTL) is not None
+    other = store.try_acquire("triggerer", live("b"), TTL)
     assert other is not None
     assert other.epoch == 1
 
@@ -256,14 +306,32 @@ def _report(node_id: str, role: str = "standby", running: bool = False) -> NodeR
 
 def test_node_registry_upserts_and_lists_sorted(new_store: StoreFactory) -> None:
     store = new_store()
-    store.heartbeat(_report("b"))
-    store.heartbeat(_report("a"))
-    store.heartbeat(_report("b", role="active", running=True))
+    store.heartbeat(_report("b"), TTL)
+    store.heartbeat(_report("a"), TTL)
+    store.heartbeat(_report("b", role="active", running=True), TTL)
     nodes = store.nodes()
     assert [n.node_id for n in nodes] == ["a", "b"]
     b = nodes[1]
     assert (b.role, b.scheduler_running, b.scheduler_pid, b.epoch) == ("active", True, 42, 3)
     assert 0.0 <= b.last_heartbeat_age_s < 60.0
+
+
+def test_a_second_live_instance_of_a_node_id_is_refused_the_registry_row(
+    new_store: StoreFactory,
+) -> None:
+    first, second = new_store(), new_store()
+    mine = replace(_report("a"), host="host-1", instance=live("a").token)
+    other = replace(_report("a"), host="host-2", instance=twin("a").token)
+    assert first.heartbeat(mine, TTL) is None
+    assert second.heartbeat(other, TTL) == "host-1"
+    assert first.heartbeat(mine, TTL) is None  # the owner goes on
+    (row,) = second.nodes()
+    assert (row.host, row.instance) == ("host-1", live("a").token)
+    assert second.heartbeat(other, stale_after=0.0) is None  # the owner fell silent
+    assert first.heartbeat(mine, TTL) == "host-2"
+    stopped = replace(other, role="stopped")
+    assert second.heartbeat(stopped, TTL) is None
+    assert first.heartbeat(mine, TTL) is None  # a stopped instance's row is free
 
 
 def test_event_log_is_newest_first_and_bounded(new_store: StoreFactory) -> None:
@@ -300,8 +368,8 @@ def test_clear_forgets_nodes_events_and_flags_but_keeps_the_lease(
     new_store: StoreFactory,
 ) -> None:
     store = new_store()
-    assert store.try_acquire(SERVICE, "a", TTL) is not None
-    store.heartbeat(_report("a"))
+    assert store.try_acquire(SERVICE, live("a"), TTL) is not None
+    store.heartbeat(_report("a"), TTL)
     store.record_event(Event("a", SERVICE, "x"), 1000)
     store.set_flag("paused", "1")
     store.clear()
@@ -323,3 +391,31 @@ def test_unreachable_store_raises_and_hides_the_password(backend: str) -> None:
     assert "s3cretpw" not in str(caught.value)
     if backend != "sqlite":
         assert "127.0.0.1" in str(caught.value)
+
+
+def test_tables_of_an_earlier_version_get_the_new_columns(
+    backend: str, metastore_url: str, clock: FakeClock
+) -> None:
+    if backend == "zookeeper":
+        pytest.skip("znodes carry JSON: nothing to migrate")
+    import sqlalchemy as sa
+
+    from airflow_sentinel.metastore.sql import ADDED_COLUMNS, create_sql_engine, metadata
+
+    engine = create_sql_engine(metastore_url, 5)
+    old = sa.MetaData()
+    for table in metadata.sorted_tables:
+        kept = [c._copy() for c in table.columns if c not in ADDED_COLUMNS]
+        sa.Table(table.name, old, *kept)
+    old.create_all(engine)
+    engine.dispose()
+    store = open_metastore(metastore_url, clock, op_timeout=5, lease_ttl=TTL)
+    try:
+        lease = store.try_acquire(SERVICE, live("a"), TTL)
+        assert lease is not None
+        assert store.heartbeat(_report("a"), TTL) is None
+        record = store.read_lease(SERVICE)
+        assert record is not None
+        assert record.instance == live("a").token
+    finally:
+        store.close()

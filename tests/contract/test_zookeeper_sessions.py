@@ -18,6 +18,7 @@ from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore import open_metastore
 from airflow_sentinel.metastore.zookeeper import ZooKeeperMetastore
 from tests.support.cluster import wait_until
+from tests.support.instances import live
 from tests.support.zookeeper import expire_session
 
 SERVICE = "scheduler"
@@ -34,11 +35,18 @@ def clock() -> FakeClock:
 def stores(
     metastore_url: str, clock: FakeClock
 ) -> Iterator[tuple[ZooKeeperMetastore, ZooKeeperMetastore]]:
-    a = cast(ZooKeeperMetastore, open_metastore(metastore_url, clock, 5, TTL))
-    b = cast(ZooKeeperMetastore, open_metastore(metastore_url, clock, 5, TTL))
+    a, b = open_backend(metastore_url, clock), open_backend(metastore_url, clock)
     yield a, b
     a.close()
     b.close()
+
+
+def open_backend(url: str, clock: FakeClock) -> ZooKeeperMetastore:
+    """The backend itself, not open_metastore's bounded wrapper: these tests reach into
+    its session."""
+    store = ZooKeeperMetastore(url, clock, 5, session_timeout=TTL)
+    store.ensure_schema()
+    return store
 
 
 def expire(store: ZooKeeperMetastore, metastore_url: str) -> None:
@@ -60,25 +68,25 @@ def test_an_expired_session_does_not_let_a_standby_in_before_a_ttl(
     stores: tuple[ZooKeeperMetastore, ZooKeeperMetastore], clock: FakeClock, metastore_url: str
 ) -> None:
     a, b = stores
-    assert a.try_acquire(SERVICE, "a", TTL) is not None
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert a.try_acquire(SERVICE, live("a"), TTL) is not None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     expire(a, metastore_url)
     # The old holder's scheduler may run until its fence: an early expiry changes nothing.
     clock.advance(TTL - 0.01)
-    assert b.try_acquire(SERVICE, "b", TTL) is None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
     clock.advance(0.01)
-    assert b.try_acquire(SERVICE, "b", TTL) is not None
+    assert b.try_acquire(SERVICE, live("b"), TTL) is not None
 
 
 def test_a_lease_is_lost_with_the_session_that_took_it(
     stores: tuple[ZooKeeperMetastore, ZooKeeperMetastore], metastore_url: str
 ) -> None:
     a, _ = stores
-    lease = a.try_acquire(SERVICE, "a", TTL)
+    lease = a.try_acquire(SERVICE, live("a"), TTL)
     assert lease is not None
     expire(a, metastore_url)
     assert a.renew(lease, TTL) is None  # LOST: a standby now
-    again = a.try_acquire(SERVICE, "a", TTL)  # and it may take the lease again, as anyone
+    again = a.try_acquire(SERVICE, live("a"), TTL)  # and it may take the lease again, as anyone
     assert again is not None
     assert again.epoch == lease.epoch + 1
 
@@ -87,7 +95,7 @@ def test_the_holder_znode_shows_who_leads_while_its_session_lives(
     stores: tuple[ZooKeeperMetastore, ZooKeeperMetastore], metastore_url: str
 ) -> None:
     a, b = stores
-    assert a.try_acquire(SERVICE, "a", TTL) is not None
+    assert a.try_acquire(SERVICE, live("a"), TTL) is not None
     holder_path = f"{a._root}/leases/{SERVICE}/holder"
     assert b._client.exists(holder_path) is not None
     expire(a, metastore_url)
@@ -101,7 +109,7 @@ def test_digest_auth_protects_what_it_creates_and_never_shows_the_password(
     secured = f"zookeeper://sentinel:s3cretpw@{hosts}/{path}-auth"
     store = cast(ZooKeeperMetastore, open_metastore(secured, clock, 5, TTL))
     try:
-        assert store.try_acquire(SERVICE, "a", TTL) is not None
+        assert store.try_acquire(SERVICE, live("a"), TTL) is not None
         assert "s3cretpw" not in store.description
         assert store.description.startswith("zookeeper://sentinel:***@")
         anonymous = KazooClient(hosts=hosts)

@@ -6,11 +6,14 @@ Every user mistake must end as exit code 2 and exactly one line on stderr that s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,9 @@ from airflow_sentinel.metastore import open_metastore
 from airflow_sentinel.metastore.base import PAUSED, Event, NodeReport
 from airflow_sentinel.metastore.urls import normalize_metastore_url
 from tests.support.backends import fresh_metastore_url, selected_backends
+from tests.support.cluster import Cluster, running_cluster, wait_until
+from tests.support.privileges import drop_capabilities
+from tests.support.zookeeper import Ensemble, free_port_block
 
 SECRET = "s3cretpw"
 ERROR_PREFIX = "airflow-sentinel: error:"
@@ -133,7 +139,8 @@ def seeded(sqlite_url: str) -> Iterator[str]:
                 fit=True,
                 version=__version__,
                 epoch=None,
-            )
+            ),
+            stale_after=15.0,
         )
         store.record_event(
             Event(node_id="master-1", service="scheduler", kind="test-event", detail="seeded"),
@@ -150,11 +157,27 @@ def seeded(sqlite_url: str) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Mistake:
+    """A bad configuration; ``{home}`` in any of its strings stands for AIRFLOW_HOME."""
+
     id: str
     needles: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     cfg: str | None = None
     args: tuple[str, ...] = ()
+    secret: str | None = None  # must not appear anywhere in the output
+
+    def at(self, home: Path) -> Mistake:
+        def put(text: str) -> str:
+            return text.replace("{home}", str(home))
+
+        return Mistake(
+            self.id,
+            tuple(put(n) for n in self.needles),
+            {k: put(v) for k, v in self.env.items()},
+            None if self.cfg is None else put(self.cfg),
+            tuple(put(a) for a in self.args),
+            self.secret,
+        )
 
 
 MISTAKES = (
@@ -193,16 +216,121 @@ MISTAKES = (
         ("sql_alchemy_conn_cmd",),
         cfg="[database]\nsql_alchemy_conn_cmd = false\n",
     ),
+    Mistake(
+        "value-with-a-line-break",
+        ("AIRFLOW__SENTINEL__LEASE_TTL", "is not a number"),
+        env={"AIRFLOW__SENTINEL__LEASE_TTL": "1\n2"},
+    ),
+    # AIRFLOW_HOME and AIRFLOW_CONFIG: only `init` may create what is missing.
+    Mistake(
+        "missing-airflow-home",
+        ("AIRFLOW_HOME", "{home}/missing", "does not exist"),
+        env={"AIRFLOW_HOME": "{home}/missing"},
+    ),
+    Mistake(
+        "airflow-home-is-a-file",
+        ("AIRFLOW_HOME", "{home}/airflow.cfg", "not a directory"),
+        env={"AIRFLOW_HOME": "{home}/airflow.cfg"},
+        cfg="",
+    ),
+    Mistake(
+        "airflow-config-is-a-directory",
+        ("AIRFLOW_CONFIG", "{home}", "directory"),
+        env={"AIRFLOW_CONFIG": "{home}"},
+    ),
+    Mistake(
+        "missing-airflow-config",
+        ("AIRFLOW_CONFIG", "{home}/etc/airflow.cfg", "does not exist"),
+        env={"AIRFLOW_CONFIG": "{home}/etc/airflow.cfg"},
+    ),
+    Mistake(
+        "invalid-ini-names-the-file-and-line-not-its-text",
+        ("{home}/airflow.cfg", "line 2"),
+        cfg=f"[database]\npassword {SECRET}\n",
+        secret=SECRET,
+    ),
+    Mistake(
+        "unbalanced-quote-in-scheduler-command",
+        ("AIRFLOW__SENTINEL__SCHEDULER_COMMAND", "closing quotation"),
+        env={"AIRFLOW__SENTINEL__SCHEDULER_COMMAND": 'airflow "scheduler'},
+    ),
+    Mistake(
+        "relative-sqlite-metastore",
+        ("AIRFLOW__SENTINEL__METASTORE", "relative.db", "absolute", "sqlite:////"),
+        env={"AIRFLOW__SENTINEL__METASTORE": "sqlite:///relative.db"},
+    ),
+    Mistake(
+        "relative-sqlite-in-airflows-connection",
+        ("[database] sql_alchemy_conn in {home}/airflow.cfg", "airflow.db", "sqlite:////"),
+        cfg="[database]\nsql_alchemy_conn = sqlite:///airflow.db\n",
+    ),
+    Mistake(
+        "scheme-typo-shown-as-typed",
+        ("'postgressql://'", "did you mean 'postgresql://'", "mysql+pymysql://"),
+        env={"AIRFLOW__SENTINEL__METASTORE": f"postgressql://u:{SECRET}@db1/airflow"},
+        secret=SECRET,
+    ),
+    Mistake(
+        "scheme-typo-in-airflows-connection",
+        ("[database] sql_alchemy_conn", "'postgressql://'"),
+        cfg=f"[database]\nsql_alchemy_conn = postgressql://u:{SECRET}@db1/airflow\n",
+        secret=SECRET,
+    ),
+    # Several problems: every one of them, in one line.
+    Mistake(
+        "bad-url-and-bad-number",
+        ("AIRFLOW__SENTINEL__METASTORE", "'redis://'", "AIRFLOW__SENTINEL__LEASE_TTL", "'abc'"),
+        env={
+            "AIRFLOW__SENTINEL__METASTORE": f"redis://u:{SECRET}@cache/0",
+            "AIRFLOW__SENTINEL__LEASE_TTL": "abc",
+        },
+        secret=SECRET,
+    ),
+    Mistake(
+        "missing-airflow-home-and-bad-key",
+        ("{home}/missing", "AIRFLOW__SENTINEL__LEASE_TLL"),
+        env={"AIRFLOW_HOME": "{home}/missing", "AIRFLOW__SENTINEL__LEASE_TLL": "20"},
+    ),
+    Mistake(
+        "invalid-ini-and-bad-number",
+        ("{home}/airflow.cfg", "AIRFLOW__SENTINEL__STOP_TIMEOUT"),
+        env={"AIRFLOW__SENTINEL__STOP_TIMEOUT": "x"},
+        cfg="lease_ttl = 20\n",
+    ),
+    Mistake(
+        "failing-cmd-and-bad-quote",
+        ("sql_alchemy_conn_cmd", "AIRFLOW__SENTINEL__SCHEDULER_COMMAND"),
+        env={"AIRFLOW__SENTINEL__SCHEDULER_COMMAND": "airflow 'scheduler"},
+        cfg="[database]\nsql_alchemy_conn_cmd = false\n",
+    ),
+    Mistake(
+        "password-flag-and-bad-number",
+        ("--metastore", "password", "--lease-ttl"),
+        args=("--metastore", f"postgresql://u:{SECRET}@db1/airflow", "--lease-ttl", "x"),
+        secret=SECRET,
+    ),
+    Mistake(
+        "airflows-connection-with-password-and-typo-and-bad-choice",
+        ("'mysq://'", "[sentinel] health_check", "ping"),
+        cfg=(
+            f"[database]\nsql_alchemy_conn = mysq://u:{SECRET}@db1/airflow\n"
+            "[sentinel]\nhealth_check = ping\n"
+        ),
+        secret=SECRET,
+    ),
 )
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=lambda m: m.id)
 def test_configuration_mistake_is_one_line_and_exit_2(cli: Cli, mistake: Mistake) -> None:
+    mistake = mistake.at(cli.home)
     if mistake.cfg is not None:
         (cli.home / "airflow.cfg").write_text(mistake.cfg, encoding="utf-8")
+    before = sorted(cli.home.iterdir())
     result = cli.run("test-connection", *mistake.args, env=mistake.env)
-    assert_user_error(result, *mistake.needles)
+    assert_user_error(result, *mistake.needles, secret=mistake.secret)
     assert result.stdout == ""
+    assert sorted(cli.home.iterdir()) == before  # nothing created: no folder, no database
 
 
 @pytest.mark.parametrize("command", SETTINGS_COMMANDS, ids=" ".join)
@@ -212,6 +340,28 @@ def test_every_command_validates_configuration_before_touching_anything(
     result = sqlite_cli.run(*command, env={"AIRFLOW__SENTINEL__LEASE_TTL": "abc"})
     assert_user_error(result, "AIRFLOW__SENTINEL__LEASE_TTL")
     assert not Path(sa.make_url(sqlite_url).database or "").exists()
+
+
+LOAD_MISTAKES = (
+    Mistake(
+        "unbalanced-quote",
+        ("AIRFLOW__SENTINEL__SCHEDULER_COMMAND", "quot"),
+        env={"AIRFLOW__SENTINEL__SCHEDULER_COMMAND": 'airflow "scheduler'},
+    ),
+    Mistake("missing-airflow-home", ("{home}/missing",), env={"AIRFLOW_HOME": "{home}/missing"}),
+)
+
+
+@pytest.mark.parametrize("command", [("status",), *SETTINGS_COMMANDS], ids=" ".join)
+@pytest.mark.parametrize("mistake", LOAD_MISTAKES, ids=lambda m: m.id)
+def test_every_command_reports_a_load_problem_before_touching_anything(
+    sqlite_cli: Cli, sqlite_url: str, command: Sequence[str], mistake: Mistake
+) -> None:
+    mistake = mistake.at(sqlite_cli.home)
+    result = sqlite_cli.run(*command, env=mistake.env)
+    assert_user_error(result, *mistake.needles)
+    assert not Path(sa.make_url(sqlite_url).database or "").exists()
+    assert not (sqlite_cli.home / "missing").exists()
 
 
 def test_several_problems_still_make_one_line(cli: Cli) -> None:
@@ -241,6 +391,140 @@ def test_click_usage_error_exits_2_without_traceback(cli: Cli) -> None:
     assert result.returncode == 2
     assert_no_traceback(result)
     assert "--no-such-option" in result.stderr
+
+
+# -- mistakes that need file permissions, ZooKeeper or init ----------------------------------
+
+
+def run_unprivileged(
+    cli: Cli, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow_sentinel", *args],
+        env={**cli.env, **(env or {})},
+        cwd=cli.home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        # Root without capabilities meets file permissions as any user does.
+        preexec_fn=drop_capabilities if os.geteuid() == 0 else None,
+    )
+
+
+@pytest.mark.parametrize("command", ["test-connection", "init"])
+def test_airflow_cfg_without_read_permission_is_named_with_the_reason(
+    cli: Cli, command: str
+) -> None:
+    cfg = cli.home / "airflow.cfg"
+    cfg.write_text("[sentinel]\nlease_ttl = 20\n", encoding="utf-8")
+    cfg.chmod(0)
+    result = run_unprivileged(cli, command)
+    assert_user_error(result, str(cfg), "Permission denied")
+    assert cfg.stat().st_size > 0 and stat.S_IMODE(cfg.stat().st_mode) == 0
+
+
+def test_start_in_an_unwritable_airflow_home_names_the_lock_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, base_env(home))
+    env = {
+        "AIRFLOW__SENTINEL__METASTORE": f"sqlite:///{tmp_path / 'm.db'}",
+        "AIRFLOW__SENTINEL__SCHEDULER_COMMAND": f"{sys.executable} -c pass",
+    }
+    home.chmod(0o555)
+    try:
+        result = run_unprivileged(cli, "start", "--node-id", "n1", env=env)
+    finally:
+        home.chmod(0o755)
+    assert_user_error(result, str(home / ".airflow-sentinel-n1.lock"), "Permission denied")
+    assert list(home.iterdir()) == []
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on (the kernel just handed it out and it was closed again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["test-connection", "status"])
+def test_unreachable_zookeeper_is_one_line_naming_the_hosts(cli: Cli, command: str) -> None:
+    port = free_loopback_port()
+    url = f"zookeeper://sentinel:{SECRET}@127.0.0.1:{port}/airflow-sentinel/test"
+    started = time.monotonic()
+    result = cli.run(command, env={"AIRFLOW__SENTINEL__METASTORE": url})
+    print(f"{command} gave up after {time.monotonic() - started:.1f}s")
+    assert_user_error(result, f"127.0.0.1:{port}", "sentinel:***@", secret=SECRET)
+    assert result.stdout == ""
+
+
+def wait_for_log(cluster: Cluster, node: str, needle: str, count: int = 1) -> str:
+    """Wait until ``needle`` is ``count`` times in the node's log; fail at once if it exits."""
+    log = cluster.root / f"{node}.log"
+
+    def seen() -> str | None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if text.count(needle) >= count:
+            return text
+        returncode = cluster.processes[node].poll()
+        if returncode is not None:
+            raise AssertionError(f"{node} exited with {returncode}:\n{text[-3000:]}")
+        return None
+
+    return wait_until(seen, 60, f"{count} x {needle!r} in the log of {node}")
+
+
+@pytest.mark.slow
+def test_start_logs_each_zookeeper_state_change_once_and_kazoo_at_debug(tmp_path: Path) -> None:
+    (tmp_path / "zk").mkdir()
+    servers = Ensemble(tmp_path / "zk", 1, free_port_block()).start_all()
+    try:
+        url = f"zookeeper://{servers.hosts}/airflow-sentinel/log-test"
+        with running_cluster(tmp_path / "cluster", url) as cluster:
+            cluster.settings["log_level"] = "DEBUG"
+            cluster.start("n1")
+            cluster.wait_for_one_scheduler(on="n1")  # past start-up: the loop runs
+            wait_for_log(cluster, "n1", "ZooKeeper connection CONNECTED")
+            servers.stop(0)
+            wait_for_log(cluster, "n1", "Connection dropped", count=2)  # kazoo retries
+            servers.start(0)
+            servers.wait_serving()
+            text = wait_for_log(cluster, "n1", "ZooKeeper connection CONNECTED", count=2)
+    finally:
+        servers.close()
+    lines = text.splitlines()
+    states = [
+        line.split("ZooKeeper connection ")[1] for line in lines if "ZooKeeper connection " in line
+    ]
+    assert "SUSPENDED" in states, states
+    assert all(a != b for a, b in itertools.pairwise(states)), states  # one line per change
+    kazoo = [line for line in lines if "Connection dropped" in line or "Connecting to" in line]
+    assert kazoo
+    assert all(" DEBUG " in line for line in kazoo), kazoo
+
+
+def test_init_creates_a_missing_airflow_home_and_says_so(cli: Cli, tmp_path: Path) -> None:
+    home = tmp_path / "new-home"
+    env = {"AIRFLOW_HOME": str(home)}
+    result = cli.run("init", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"created {home} and added a [sentinel] section to {home / 'airflow.cfg'}\n"
+    )
+    assert (
+        cli.run(
+            "status", "--json", "--metastore", f"sqlite:///{tmp_path / 'm.db'}", env=env
+        ).returncode
+        == 0
+    )
+
+
+def test_init_refuses_an_airflow_config_that_is_a_directory(cli: Cli) -> None:
+    result = cli.run("init", env={"AIRFLOW_CONFIG": str(cli.home)})
+    assert_user_error(result, "AIRFLOW_CONFIG", str(cli.home), "directory")
 
 
 # -- unreachable metastore and passwords -----------------------------------------------------

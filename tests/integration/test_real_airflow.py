@@ -64,6 +64,7 @@ def airflow_cluster(tmp_path: Path, airflow_venv: Path) -> Iterator[Cluster]:
             start_timeout="90",
             health_check="heartbeat",
             heartbeat_grace="30",
+            schema_gate="on",
         )
         yield cluster
 

@@ -17,7 +17,12 @@ import pytest
 
 from airflow_sentinel.soak import hosts
 from airflow_sentinel.soak.checker import check
-from airflow_sentinel.soak.nemesis import KINDS, PARTITION, RESTART_METASTORE
+from airflow_sentinel.soak.nemesis import (
+    FREEZE_METASTORE,
+    KINDS,
+    PARTITION,
+    RESTART_METASTORE,
+)
 from airflow_sentinel.soak.recorder import Recorder
 from tests.support.backends import selected_backends
 from tests.support.cluster import wait_until
@@ -64,7 +69,8 @@ def test_short_soak_finds_no_overlap(backend: str, tmp_path: Path) -> None:
     assert run.returncode == 0, output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] and summary["overlaps"] == 0 and summary["orphaned_children"] == 0
-    expected = set(KINDS) - ({PARTITION, RESTART_METASTORE} if backend == "sqlite" else set())
+    serverless = {PARTITION, RESTART_METASTORE, FREEZE_METASTORE}
+    expected = set(KINDS) - (serverless if backend == "sqlite" else set())
     counts = {row["kind"]: row["faults"] + row["not_injected"] for row in summary["by_kind"]}
     assert counts == dict.fromkeys(expected, 2)
     assert summary["all"]["unrecovered"] == 0

@@ -303,7 +303,10 @@ def test_an_old_scheduler_is_refused_on_a_new_schema(site: Site) -> None:
     done = upgrade(site, "run", "--to", NEW, "--no-rollback", fail_after="migrate")
     assert done.returncode == 1, done.stdout + done.stderr
     # The schema is Airflow 3's; the services still use 2.10.5. Lift the hold by hand.
-    assert site.sentinel("clear-metadata", "--yes").returncode == 0
+    refused_clear = site.sentinel("clear-metadata", "--yes")
+    assert refused_clear.returncode == 2
+    assert "upgrade" in refused_clear.stderr and "--force" in refused_clear.stderr
+    assert site.sentinel("clear-metadata", "--yes", "--force").returncode == 0
     with site.controller():
 
         def refused() -> bool:

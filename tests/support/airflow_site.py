@@ -171,7 +171,9 @@ class Site:
             text = _set_option(text, section, key, value)
         sentinel = (
             "\n[sentinel]\n"
-            f"scheduler_command = {self.env_link / 'bin' / 'airflow'} scheduler --skip-serve-logs\n"
+            # A bare program name, found through PATH as the default is: the schema gate
+            # must see the installation the symlink points at before every start.
+            "scheduler_command = airflow scheduler --skip-serve-logs\n"
             "lease_ttl = 12\nrenew_interval = 2\nstop_timeout = 5\nstart_timeout = 180\n"
             "health_check = heartbeat\nheartbeat_grace = 60\n"
         )

@@ -83,6 +83,7 @@ class Cluster:
         env.update(self.extra_env)
         env["AIRFLOW__SENTINEL__METASTORE"] = self.metastore_url
         env["AIRFLOW__SENTINEL__SCHEDULER_COMMAND"] = command or self.scheduler_command()
+        env["AIRFLOW__SENTINEL__SCHEMA_GATE"] = "off"  # the stand-in is not Airflow
         for key, value in self.settings.items():
             env[f"AIRFLOW__SENTINEL__{key.upper()}"] = value
         return env

@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore.base import Metastore
+from airflow_sentinel.process.guard import RunOwner
 from airflow_sentinel.process.handle import RunEnded
 
 
@@ -17,6 +18,7 @@ class FakeRun:
     fence_at: float
     grace: float
     scheduler_pid: int | None = 4242
+    owner: RunOwner | None = None
     fences: list[float] = field(default_factory=list)
     stops: list[float] = field(default_factory=list)
     ended: RunEnded | None = None
@@ -46,11 +48,16 @@ class RecordingLauncher:
         self.fail_with: OSError | None = None
 
     def launch(
-        self, argv: list[str], env: Mapping[str, str], fence_at: float, grace: float
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        fence_at: float,
+        grace: float,
+        owner: RunOwner | None = None,
     ) -> FakeRun:
         if self.fail_with is not None:
             raise self.fail_with
-        run = FakeRun(list(argv), fence_at, grace)
+        run = FakeRun(list(argv), fence_at, grace, owner=owner)
         self.runs.append(run)
         return run
 
@@ -65,6 +72,7 @@ class FlakyStore:
     def __init__(self, inner: Metastore) -> None:
         self._inner = inner
         self.broken = False
+        self.failing: set[str] = set()  # only these calls fail
         self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -74,7 +82,7 @@ class FlakyStore:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
-            if self.broken:
+            if self.broken or name in self.failing:
                 raise MetastoreError("metastore sqlite:///x: unreachable (test)")
             return attribute(*args, **kwargs)
 

@@ -1,4 +1,5 @@
-"""A TCP proxy on loopback that a test can cut (traffic silently dropped) and heal."""
+"""A TCP proxy on loopback that a test can cut (traffic silently dropped) and heal, or
+freeze (nothing forwarded, nothing closed: a hung server) and thaw."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ class Proxy:
     listener: socket.socket = field(init=False)
     cut: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)
+    flowing: threading.Event = field(default_factory=threading.Event)
     _sockets: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.flowing.set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -32,7 +35,8 @@ class Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if self.cut.is_set():
+            self.flowing.wait()  # frozen: the connection is open, and nobody answers it
+            if self.cut.is_set() or self.closed.is_set():
                 client.close()  # nothing gets through while cut
                 continue
             try:
@@ -48,6 +52,7 @@ class Proxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while chunk := source.recv(65536):
+                self.flowing.wait()  # frozen: the bytes wait, and so does everything after
                 if not self.cut.is_set():  # while cut, bytes vanish like dropped packets
                     sink.sendall(chunk)
         _hang_up(source, sink)
@@ -62,8 +67,18 @@ class Proxy:
         _hang_up(*sockets)
         self.cut.clear()
 
+    def freeze(self) -> None:
+        """Stop forwarding and keep every connection open: new ones are accepted (by the
+        kernel) and wait, bytes sent wait, as with a server stopped by SIGSTOP."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again, the bytes that waited first (an abandoned call may land now)."""
+        self.flowing.set()
+
     def close(self) -> None:
         self.closed.set()
+        self.flowing.set()
         self.listener.close()
         self.heal()
 

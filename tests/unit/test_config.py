@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_sentinel.config import KEYS, load_settings
+from airflow_sentinel.config.airflow_cfg import load_airflow_config, read_airflow_config
 from airflow_sentinel.config.settings import (
     PARSERS,
     Key,
@@ -529,7 +530,41 @@ def test_bad_airflow_connection_is_reported_as_such(tmp_path: Path) -> None:
 
 def test_empty_scheduler_command(tmp_path: Path) -> None:
     [problem] = problems_of(tmp_path, environ=sentinel_env(scheduler_command="   "))
-    assert problem.startswith("scheduler_command:")
+    assert problem.startswith("AIRFLOW__SENTINEL__SCHEDULER_COMMAND:")
+    assert "empty" in problem
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        ('airflow "scheduler', "No closing quotation"),
+        ("airflow scheduler 'x", "No closing quotation"),
+        ("airflow scheduler \\", "No escaped character"),
+        ('"" scheduler', "program"),
+    ],
+)
+def test_scheduler_command_that_cannot_be_split(tmp_path: Path, command: str, needle: str) -> None:
+    [problem] = problems_of(tmp_path, environ=sentinel_env(scheduler_command=command))
+    assert problem.startswith("AIRFLOW__SENTINEL__SCHEDULER_COMMAND:")
+    assert needle in problem
+
+
+def test_scheduler_command_problem_names_its_origin_and_not_the_command(tmp_path: Path) -> None:
+    write_cfg(tmp_path, '[sentinel]\nscheduler_command = run --token=s3cretpw "x\n')
+    [problem] = problems_of(tmp_path)
+    assert problem.startswith("[sentinel] scheduler_command:")
+    assert "s3cretpw" not in problem
+
+
+def test_quoted_scheduler_command_is_split_like_a_shell(tmp_path: Path) -> None:
+    command = "'/opt/air flow/bin/airflow' scheduler --pid \"/run/a b.pid\""
+    settings = load(tmp_path, environ=sentinel_env(scheduler_command=command))
+    assert settings.scheduler_argv == [
+        "/opt/air flow/bin/airflow",
+        "scheduler",
+        "--pid",
+        "/run/a b.pid",
+    ]
 
 
 def test_problems_are_collected_not_raised_one_at_a_time(tmp_path: Path) -> None:
@@ -587,6 +622,151 @@ def test_airflow_cfg_that_is_not_utf8(tmp_path: Path) -> None:
     cfg.write_bytes(b"[sentinel]\nnode_id = \xff\xfe\n")
     [problem] = problems_of(tmp_path)
     assert str(cfg) in problem
+
+
+def test_invalid_airflow_cfg_names_the_line_but_not_its_text(tmp_path: Path) -> None:
+    cfg = write_cfg(tmp_path, "[database]\nsql_alchemy_password s3cretpw\n")
+    [problem] = problems_of(tmp_path)
+    assert str(cfg) in problem
+    assert "line 2" in problem
+    assert "s3cretpw" not in problem
+
+
+def test_invalid_airflow_cfg_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    cfg = write_cfg(tmp_path, "lease_ttl = 20\n")
+    problems = problems_of(tmp_path, environ=sentinel_env(stop_timeout="x"))
+    assert len(problems) == 2, problems
+    assert str(cfg) in problems[0]
+    assert problems[1].startswith("AIRFLOW__SENTINEL__STOP_TIMEOUT:")
+
+
+def test_half_of_an_invalid_airflow_cfg_is_not_used(tmp_path: Path) -> None:
+    # The valid [sentinel] section must not make its way into the settings, nor into
+    # follow-on problems about it.
+    write_cfg(tmp_path, "[sentinel]\nlease_tll = 1\n[core]\nbroken line\n")
+    [problem] = problems_of(tmp_path)
+    assert "line 4" in problem
+
+
+# -- AIRFLOW_HOME and AIRFLOW_CONFIG ---------------------------------------------------------
+
+
+def test_missing_airflow_home_is_a_problem_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "no-such-home"
+    [problem] = problems_of(home, environ={"AIRFLOW_HOME": str(home)})
+    assert problem.startswith(f"AIRFLOW_HOME {home} does not exist")
+    assert "init" in problem  # what creates it
+    assert not home.exists()
+
+
+def test_missing_default_airflow_home_says_it_is_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    [problem] = problems_of_environ({})
+    assert "~/airflow" in problem
+    assert str(tmp_path / "airflow") in problem
+
+
+def problems_of_environ(environ: Mapping[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ, None)
+    return info.value.problems
+
+
+def test_airflow_home_that_is_a_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.write_text("", encoding="utf-8")
+    [problem] = problems_of_environ({"AIRFLOW_HOME": str(home)})
+    assert problem == f"AIRFLOW_HOME {home} is not a directory"
+
+
+def test_missing_airflow_home_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    home = tmp_path / "no-such-home"
+    environ = {"AIRFLOW_HOME": str(home), **sentinel_env(lease_tll="1", metastore="redis://x")}
+    problems = problems_of_environ(environ)
+    assert len(problems) == 3, problems
+    assert str(home) in problems[0]
+    assert any("unknown key 'lease_tll'" in p for p in problems)
+    assert any(p.startswith("AIRFLOW__SENTINEL__METASTORE:") for p in problems)
+
+
+def test_relative_airflow_home_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "af").mkdir()
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, {"AIRFLOW_HOME": "af"}, None)
+    assert settings.airflow_home == str(tmp_path / "af")
+    assert settings.metastore == f"sqlite:///{tmp_path / 'af' / 'airflow.db'}"
+
+
+def test_airflow_config_that_is_a_directory(tmp_path: Path) -> None:
+    [problem] = problems_of(tmp_path, environ={"AIRFLOW_CONFIG": str(tmp_path)})
+    assert problem == f"AIRFLOW_CONFIG {tmp_path} is a directory, not an airflow.cfg file"
+
+
+def test_default_airflow_cfg_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "airflow.cfg").mkdir()
+    [problem] = problems_of(tmp_path)
+    assert str(tmp_path / "airflow.cfg") in problem
+    assert "directory" in problem
+
+
+def test_missing_airflow_config_file(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "airflow.cfg"
+    [problem] = problems_of(tmp_path, environ={"AIRFLOW_CONFIG": str(target)})
+    assert problem.startswith(f"AIRFLOW_CONFIG {target} does not exist")
+
+
+def test_missing_default_airflow_cfg_means_the_defaults(tmp_path: Path) -> None:
+    # As Airflow does: an AIRFLOW_HOME without airflow.cfg runs on the defaults.
+    assert load(tmp_path).lease_ttl == 15.0
+
+
+def test_airflow_cfg_that_is_a_dangling_symlink(tmp_path: Path) -> None:
+    (tmp_path / "airflow.cfg").symlink_to(tmp_path / "gone.cfg")
+    [problem] = problems_of(tmp_path)
+    assert str(tmp_path / "airflow.cfg") in problem
+    assert "symbolic link" in problem
+
+
+def test_load_airflow_config_leaves_what_is_missing_to_init(tmp_path: Path) -> None:
+    home = tmp_path / "new-home"
+    config = load_airflow_config(home, {})
+    assert config.path == home / "airflow.cfg"
+    _, findings = read_airflow_config(home, {})
+    assert findings.broken == []
+    assert [str(home) in m for m in findings.missing] == [True]
+
+
+def test_load_airflow_config_refuses_what_is_broken(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_airflow_config(tmp_path, {"AIRFLOW_CONFIG": str(tmp_path)})
+    assert "is a directory" in str(info.value)
+
+
+def test_failing_sql_alchemy_conn_cmd_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    write_cfg(tmp_path, "[database]\nsql_alchemy_conn_cmd = false\n")
+    problems = problems_of(tmp_path, environ=sentinel_env(lease_ttl="x"))
+    assert len(problems) == 2, problems
+    assert any("sql_alchemy_conn_cmd" in p for p in problems)
+    assert any("LEASE_TTL" in p for p in problems)
+
+
+def test_relative_sqlite_in_airflows_connection_names_the_file(tmp_path: Path) -> None:
+    cfg = write_cfg(tmp_path, "[database]\nsql_alchemy_conn = sqlite:///airflow.db\n")
+    [problem] = problems_of(tmp_path)
+    assert f"[database] sql_alchemy_conn in {cfg}" in problem
+    assert "sqlite:////" in problem  # how to write it
+
+
+def test_scheme_typo_in_airflows_connection_hides_the_password(tmp_path: Path) -> None:
+    environ = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgressql://u:s3cretpw@h/db"}
+    [problem] = problems_of(tmp_path, environ=environ)
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in problem
+    assert "'postgressql://'" in problem
+    assert "s3cretpw" not in problem
 
 
 # -- timing_problems directly ---------------------------------------------------------------

@@ -13,8 +13,9 @@ from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.config import Settings, load_settings
 from airflow_sentinel.controller.loop import Controller, Role
 from airflow_sentinel.controller.scheduler import RunState
+from airflow_sentinel.errors import ConfigError
 from airflow_sentinel.metastore import Metastore, open_metastore
-from airflow_sentinel.metastore.base import HOLD, PAUSED, switchover_flag
+from airflow_sentinel.metastore.base import HOLD, PAUSED, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
 
@@ -316,6 +317,29 @@ def test_after_a_failed_renewal_no_call_starts_that_could_outlast_the_demote_dea
     assert grace == pytest.approx(settings.stop_timeout, abs=0.02)
 
 
+def test_a_store_that_fails_right_after_a_renewal_counts_like_a_failed_renewal(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert controller.lease is not None
+    store.failing = {"flags", "heartbeat"}  # the renewal answers, the store hangs after it
+    clock.advance(settings.renew_interval)
+    controller.tick()
+    assert controller.lease is not None
+    demote_at = controller.timing.demote_at(controller.lease.valid_until)
+    store.broken = True
+    store.calls.clear()
+    clock.advance(demote_at - clock.now() - settings.renew_interval + 0.01)
+    controller.tick()
+    assert "renew" not in store.calls  # a renewal now could still be blocked at the deadline
+    clock.advance(settings.renew_interval)
+    controller.tick()
+    assert role_of(controller) is Role.STANDBY
+    [grace] = launcher.last.stops
+    assert grace == pytest.approx(settings.stop_timeout, abs=0.02)
+
+
 def test_while_renewals_succeed_a_slow_cycle_never_skips_one(
     settings: Settings, store: FlakyStore, clock: FakeClock
 ) -> None:
@@ -387,3 +411,88 @@ def test_a_scheduler_for_another_schema_is_refused_and_the_node_steps_down(
     assert role_of(controller) is Role.STANDBY  # stepped down: a node that fits may lead
     kinds = [e.kind for e in store.events(20)]
     assert "scheduler_refused" in kinds and "stepped_down" in kinds
+
+
+def test_a_second_instance_of_our_node_id_stands_down_and_never_leads(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    first, _ = make(settings, store, clock)
+    assert first.claim_node() is None
+    first.tick()
+    assert role_of(first) is Role.ACTIVE
+    second, second_launcher = make(settings, store, clock)
+    second.instance = replace(first.instance, pid=first.instance.pid + 1, host="clone")
+    assert second.claim_node() == "h/1"  # refused at start: the first one owns the row
+    assert "conflict:a" not in store.flags()  # a refused start leaves no flag behind
+    for _ in range(3):
+        clock.advance(3)
+        first.tick()
+        second.tick()
+    assert second_launcher.runs == []
+    assert role_of(second) is Role.STANDBY
+    assert role_of(first) is Role.ACTIVE
+
+
+def test_an_instance_that_lost_its_row_while_silent_stands_down(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    controller, launcher = make(settings, store, clock)
+    controller.tick()
+    assert role_of(controller) is Role.ACTIVE
+    clone = replace(controller.instance, pid=controller.instance.pid + 1, host="clone")
+    conflict = store.heartbeat(
+        NodeReport("a", "clone/1", "standby", False, None, True, "x", None, clone.token),
+        stale_after=0.0,  # as if the controller had been silent past the TTL
+    )
+    assert conflict is None
+    clock.advance(3)
+    controller.tick()  # its heartbeat is refused: conflict
+    assert controller.conflict == "clone/1"
+    assert store.flags()["conflict:a"].startswith("h/1")
+    clock.advance(3)
+    controller.tick()
+    assert role_of(controller) is Role.STANDBY
+    assert launcher.last.stops  # its scheduler was stopped
+    assert store.read_lease("scheduler").holder is None  # and the lease released
+
+
+def test_a_reload_applies_new_timing_and_a_bad_file_keeps_the_old(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    results: list[Settings | Exception] = [
+        replace(settings, lease_ttl=30.0, renew_interval=5.0, node_id="renamed"),
+        ConfigError(["lease_ttl: 'x' is not a number of seconds"]),
+    ]
+
+    def reload() -> Settings:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    controller, _ = make(settings, store, clock)
+    controller._reload = reload
+    controller._reload_requested = True
+    controller._reload_settings()
+    assert controller.settings.lease_ttl == 30.0
+    assert controller.timing.lease_ttl == 30.0
+    assert controller.settings.node_id == "a"  # fixed until a restart
+    controller._reload_requested = True
+    controller._reload_settings()
+    assert controller.settings.lease_ttl == 30.0
+
+
+def test_a_stop_that_needed_sigkill_is_reported_with_its_cause(
+    settings: Settings, store: FlakyStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    controller, _ = make(settings, store, clock)
+    controller.tick()
+    controller.scheduler.stop(settings.stop_timeout)
+    clock.advance(settings.stop_timeout + 0.2)
+    controller._on_run_ended(RunEnded("exited", -9))
+    assert "did not exit within stop_timeout (5s)" in caplog.text
+    controller.tick()
+    controller.scheduler.stop(settings.stop_timeout)
+    clock.advance(2.4)
+    controller._on_run_ended(RunEnded("exited", 0))
+    assert "stopped 2.4s after SIGTERM" in caplog.text

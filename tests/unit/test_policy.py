@@ -35,6 +35,7 @@ ACTIVE = Snapshot(
     valid_until=NOW + 15.0,
     paused=False,
     held=False,
+    conflict=False,
     fit=True,
     switchover_requested=False,
     failed_starts=0,
@@ -75,6 +76,10 @@ def test_deadlines_leave_the_fence_margin_before_expiry() -> None:
         (replace(STANDBY, held=True), Leadership.WAIT),
         (replace(ACTIVE, held=True, lease=LeaseStatus.UNREACHABLE), Leadership.KEEP),
         (replace(ACTIVE, held=True, valid_until=NOW + 5), Leadership.DEMOTE),
+        # Another live instance owns our node_id: never lead, give up a lease we hold.
+        (replace(STANDBY, conflict=True), Leadership.WAIT),
+        (replace(ACTIVE, conflict=True), Leadership.STAND_DOWN),
+        (replace(ACTIVE, conflict=True, lease=LeaseStatus.LOST), Leadership.DEMOTE),
     ],
 )
 def test_leadership(snapshot: Snapshot, expected: Leadership) -> None:

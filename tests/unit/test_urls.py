@@ -15,7 +15,6 @@ SECRET = "s3cretpw"
     [
         ("sqlite:////var/lib/sentinel/m.db", "sqlite:////var/lib/sentinel/m.db"),
         ("sqlite+pysqlite:////var/lib/m.db", "sqlite:////var/lib/m.db"),
-        ("sqlite:///relative/m.db", "sqlite:///relative/m.db"),
         ("mysql://u:p@h/db", "mysql+pymysql://u:p@h/db"),
         ("mysql+mysqldb://u:p@h:3306/db", "mysql+pymysql://u:p@h:3306/db"),
         ("mysql+pymysql://u:p@h/db", "mysql+pymysql://u:p@h/db"),
@@ -99,6 +98,49 @@ def test_normalize_rejects_unsupported_or_missing_schemes(url: str, needle: str)
 def test_normalize_rejects_malformed_urls(url: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         normalize_metastore_url(url)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///relative/m.db", "sqlite:///m.db", "sqlite:///~/m.db"])
+def test_normalize_refuses_a_relative_sqlite_path_as_airflow_does(url: str) -> None:
+    with pytest.raises(ValueError, match="relative") as info:
+        normalize_metastore_url(url)
+    assert url.removeprefix("sqlite:///") in str(info.value)
+    assert "sqlite:////" in str(info.value)  # how to write an absolute one
+
+
+@pytest.mark.parametrize(
+    ("url", "typed", "meant"),
+    [
+        (f"postgressql://u:{SECRET}@h/db", "postgressql", "postgresql"),
+        (f"Postgressql://u:{SECRET}@h/db", "Postgressql", "postgresql"),
+        ("postgresql+psycopg3://u@h/db", "postgresql+psycopg3", "postgresql+psycopg"),
+        ("mysq://u@h/db", "mysq", "mysql"),
+        ("zookeper://h:2181/x", "zookeper", "zookeeper"),
+    ],
+)
+def test_a_scheme_typo_is_shown_as_typed_with_the_near_miss(
+    url: str, typed: str, meant: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_metastore_url(url)
+    message = str(info.value)
+    assert f"'{typed}://'" in message
+    assert f"did you mean '{meant}://'" in message
+    assert "postgresql+psycopg://" in message  # what is accepted
+    assert SECRET not in message
+
+
+def test_a_scheme_far_from_any_known_one_has_no_guess() -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_metastore_url("redis://x")
+    assert "did you mean" not in str(info.value)
+
+
+def test_text_that_is_no_scheme_is_not_echoed() -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_metastore_url(f"u:{SECRET}@h://db")
+    assert "no scheme" in str(info.value)
+    assert SECRET not in str(info.value)
 
 
 def test_normalize_rejects_in_memory_sqlite() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,12 +53,19 @@ class AirflowConfig:
     def sql_alchemy_conn(self) -> str:
         """Airflow's metadata database URL, looked up in Airflow's order: environment first
         ([database], then the deprecated [core]), then airflow.cfg likewise."""
-        for lookup in (self.from_env, self.from_file):
-            for section in ("database", "core"):
-                value = lookup(section, "sql_alchemy_conn")
-                if value:
-                    return value.strip()
-        return f"sqlite:///{self.home / 'airflow.db'}"
+        return self.sql_alchemy_conn_and_origin()[0]
+
+    def sql_alchemy_conn_and_origin(self) -> tuple[str, str]:
+        """Airflow's metadata database URL and where it was found, for error messages."""
+        for section in ("database", "core"):
+            value = self.from_env(section, "sql_alchemy_conn")
+            if value:
+                return value.strip(), f"AIRFLOW__{section.upper()}__SQL_ALCHEMY_CONN"
+        for section in ("database", "core"):
+            value = self.from_file(section, "sql_alchemy_conn")
+            if value:
+                return value.strip(), f"[{section}] sql_alchemy_conn in {self.path}"
+        return f"sqlite:///{self.home / 'airflow.db'}", "Airflow's default"
 
 
 def _run_cmd(origin: str, command: str) -> str:
@@ -74,23 +82,127 @@ def _run_cmd(origin: str, command: str) -> str:
 
 def airflow_home(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
-    return Path(environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+    return Path(environ.get("AIRFLOW_HOME") or "~/airflow").expanduser().absolute()
+
+
+@dataclass
+class Findings:
+    """What is wrong with AIRFLOW_HOME, AIRFLOW_CONFIG and the file, one line each.
+
+    ``missing`` is what `init` creates (as Airflow does); ``broken`` needs the operator.
+    """
+
+    missing: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.missing, *self.broken]
+
+
+def read_airflow_config(
+    home: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[AirflowConfig, Findings]:
+    """Airflow's configuration and every problem found on the way, none of them raised.
+
+    A file that cannot be read counts as empty, so that the other problems can still be
+    found and reported together with it.
+    """
+    environ = os.environ if environ is None else environ
+    home_by_default = home is None and not environ.get("AIRFLOW_HOME")
+    home = (home or airflow_home(environ)).absolute()
+    given = environ.get("AIRFLOW_CONFIG")
+    path = Path(given).expanduser().absolute() if given else home / "airflow.cfg"
+    findings = Findings()
+    _check_home(home, home_by_default, findings)
+    if given or not findings.all:  # the default file lives in AIRFLOW_HOME: said already
+        parser = _read_cfg(path, given is not None, findings)
+    else:
+        parser = _empty_parser()
+    return AirflowConfig(home=home, path=path, parser=parser, environ=environ), findings
 
 
 def load_airflow_config(
     home: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> AirflowConfig:
-    environ = os.environ if environ is None else environ
-    home = home or airflow_home(environ)
-    path = Path(environ.get("AIRFLOW_CONFIG") or home / "airflow.cfg").expanduser()
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    if path.is_file():
-        try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            first_line = str(exc).splitlines()[0]
-            raise ConfigError([f"{path}: not a readable airflow.cfg ({first_line})"]) from None
-    return AirflowConfig(home=home, path=path, parser=parser, environ=environ)
+    """Airflow's configuration; what is missing is left for the caller to create (`init`).
+
+    Raises ConfigError when AIRFLOW_HOME or the file is there but cannot be used.
+    """
+    config, findings = read_airflow_config(home, environ)
+    if findings.broken:
+        raise ConfigError(findings.broken)
+    return config
+
+
+def _check_home(home: Path, by_default: bool, findings: Findings) -> None:
+    named = "AIRFLOW_HOME (not set, so ~/airflow)" if by_default else "AIRFLOW_HOME"
+    try:
+        mode = home.stat().st_mode
+    except FileNotFoundError:
+        findings.missing.append(
+            f"{named} {home} does not exist; point AIRFLOW_HOME at Airflow's home folder "
+            "(`airflow-sentinel init` creates it)"
+        )
+        return
+    except OSError as exc:
+        findings.broken.append(f"{named} {home} cannot be used: {exc.strerror}")
+        return
+    if not stat.S_ISDIR(mode):
+        findings.broken.append(f"{named} {home} is not a directory")
+
+
+def _read_cfg(path: Path, given: bool, findings: Findings) -> configparser.ConfigParser:
+    """The parsed file; empty when it is absent or cannot be read (then ``findings`` says why)."""
+    named = f"AIRFLOW_CONFIG {path}" if given else str(path)
+    parser = _empty_parser()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            findings.broken.append(f"{named} is a symbolic link to nothing")
+        elif given:
+            findings.missing.append(
+                f"{named} does not exist; point AIRFLOW_CONFIG at Airflow's airflow.cfg "
+                "(`airflow-sentinel init` creates it)"
+            )
+        return parser
+    except OSError as exc:
+        findings.broken.append(f"{named} cannot be used: {exc.strerror}")
+        return parser
+    if stat.S_ISDIR(mode):
+        findings.broken.append(f"{named} is a directory, not an airflow.cfg file")
+        return parser
+    if not stat.S_ISREG(mode):
+        findings.broken.append(f"{named} is not a regular file")
+        return parser
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle, source=str(path))
+    except OSError as exc:
+        findings.broken.append(f"{named} cannot be read: {exc.strerror}")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        findings.broken.append(f"{named} is not a valid airflow.cfg: {_why_unparsable(exc)}")
+    else:
+        return parser
+    return _empty_parser()  # half a file could mislead: use none of it
+
+
+def _empty_parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(interpolation=None, strict=False)
+
+
+def _why_unparsable(exc: configparser.Error | UnicodeDecodeError) -> str:
+    """Where the file breaks, never the text of the line (it may hold a password)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start} cannot be decoded)"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header"
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        numbers = [str(lineno) for lineno, _ in exc.errors]
+        lines = f"lines {', '.join(numbers)} are" if len(numbers) > 1 else f"line {numbers[0]} is"
+        return f"{lines} neither a [section] header nor key = value"
+    return type(exc).__name__
 
 
 def sentinel_section_text() -> str:

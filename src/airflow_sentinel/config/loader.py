@@ -8,16 +8,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow_sentinel.config.airflow_cfg import AirflowConfig, load_airflow_config
+from airflow_sentinel.config.airflow_cfg import AirflowConfig, read_airflow_config
 from airflow_sentinel.config.settings import (
     KEY_NAMES,
     KEYS,
     PARSERS,
     Key,
     Settings,
+    scheduler_command_problem,
     timing_problems,
 )
-from airflow_sentinel.errors import ConfigError
+from airflow_sentinel.errors import ConfigError, UserError
 from airflow_sentinel.metastore.urls import normalize_metastore_url
 
 ENV_PREFIX = "AIRFLOW__SENTINEL__"
@@ -30,8 +31,8 @@ def load_settings(
 ) -> Settings:
     """Defaults < airflow.cfg [sentinel] < AIRFLOW__SENTINEL__* < flags (None = not given)."""
     environ = os.environ if environ is None else environ
-    cfg = load_airflow_config(airflow_home, environ)
-    problems: list[str] = []
+    cfg, findings = read_airflow_config(airflow_home, environ)
+    problems = findings.all  # only `init` may create a missing AIRFLOW_HOME or airflow.cfg
     raw = _layered_values(cfg, environ, flags or {}, problems)
     values: dict[str, Any] = {}
     for key in KEYS:
@@ -40,8 +41,9 @@ def load_settings(
         if parsed is not None:
             values[key.name] = parsed
     metastore = _metastore(raw.get("metastore", ("", ""))[0].strip(), raw, cfg, problems)
-    if "scheduler_command" in values and not values["scheduler_command"].strip():
-        problems.append("scheduler_command: must not be empty")
+    command_problem = scheduler_command_problem(values["scheduler_command"])
+    if command_problem:
+        problems.append(f"{_origin(raw, 'scheduler_command')}: {command_problem}")
     if len(values) == len(KEYS):  # the invariants need every timing value parsed
         problems.extend(timing_problems(values))
     if problems:
@@ -84,12 +86,22 @@ def _metastore(
     if given:
         url, origin = given, raw["metastore"][1]
     else:
-        url, origin = cfg.sql_alchemy_conn(), "metastore (Airflow's sql_alchemy_conn)"
+        try:
+            url, where = cfg.sql_alchemy_conn_and_origin()
+        except UserError as exc:  # its _cmd failed: one more problem among the others
+            problems.append(str(exc))
+            return ""
+        origin = f"metastore (Airflow's sql_alchemy_conn, from {where})"
     try:
         return normalize_metastore_url(url)
     except ValueError as exc:
         problems.append(f"{origin}: {exc}")
         return url
+
+
+def _origin(raw: dict[str, tuple[str, str]], name: str) -> str:
+    """Where a key's value came from: a file, a variable, a flag, or the default."""
+    return raw.get(name, ("", name))[1]
 
 
 def _unknown(name: str, where: str) -> str:

@@ -24,7 +24,7 @@ KEYS: tuple[Key, ...] = (
         "metastore",
         "str",
         "",
-        "Where leadership lives: sqlite:///PATH, mysql+pymysql://USER:PASS@HOST/DB (MySQL and "
+        "Where leadership lives: sqlite:////ABSOLUTE/PATH, mysql+pymysql://USER:PASS@HOST/DB (MySQL and "
         "MariaDB), postgresql+psycopg://USER:PASS@HOST/DB. Default: Airflow's own "
         "sql_alchemy_conn, in tables of our own (sentinel_*).",
     ),
@@ -84,6 +84,15 @@ KEYS: tuple[Key, ...] = (
         "kill it, or only report it.",
         choices=("kill", "report"),
     ),
+    Key(
+        "schema_gate",
+        "choice",
+        "on",
+        "on: before every start, refuse a scheduler whose Airflow expects another database "
+        "schema than the database has (its installation must be found through PATH). off: "
+        "start without the check (a warning at every start).",
+        choices=("on", "off"),
+    ),
     Key("event_retention", "int", "10000", "Events kept in the metastore's event log."),
     Key(
         "log_level",
@@ -111,6 +120,7 @@ class Settings:
     health_check: str
     heartbeat_grace: float
     stray_action: str
+    schema_gate: str
     event_retention: int
     log_level: str
     airflow_home: str
@@ -127,6 +137,24 @@ class Settings:
         Covers the kill itself, the guard's wake-up and clock-rate drift between hosts.
         """
         return fence_margin(self.lease_ttl)
+
+
+def scheduler_command_problem(command: str) -> str | None:
+    """Why the command cannot be split into a program and its arguments, or None.
+
+    It is split as a POSIX shell would (no expansion), here at load time, so that a bad quote
+    is a configuration problem of every command and not a crash of `start`. The command is not
+    echoed: it may carry credentials.
+    """
+    if not command.strip():
+        return "must not be empty"
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        return f"cannot be split into arguments ({exc}); check its quotes"
+    if not argv or not argv[0]:
+        return "must start with the program to run"
+    return None
 
 
 def fence_margin(lease_ttl: float) -> float:

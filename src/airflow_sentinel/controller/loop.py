@@ -11,7 +11,8 @@ import os
 import selectors
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from enum import Enum
 from types import FrameType
 from typing import Protocol
@@ -33,8 +34,10 @@ from airflow_sentinel.controller.policy import (
     decide_supervision,
 )
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
-from airflow_sentinel.errors import MetastoreError
+from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.identity import Instance, describe_token
 from airflow_sentinel.metastore.base import (
+    CONFLICT_PREFIX,
     HOLD,
     PAUSED,
     Lease,
@@ -42,16 +45,25 @@ from airflow_sentinel.metastore.base import (
     NodeReport,
     switchover_flag,
 )
+from airflow_sentinel.process.guard import RunOwner
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
-from airflow_sentinel.process.strays import describe, find_strays
-from airflow_sentinel.process.tree import is_alive, stop_trees
+from airflow_sentinel.process.strays import (
+    Identity,
+    Kind,
+    describe,
+    find_schedulers,
+    installation,
+)
+from airflow_sentinel.process.tree import TreeStopper, is_alive
 
 log = logging.getLogger("airflow_sentinel.controller")
 
 SERVICE = "scheduler"
 # Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
 KILL_WAIT = 10.0
+# Settings a reload cannot change in a running controller.
+FIXED_ON_RELOAD = ("node_id", "metastore", "airflow_home", "airflow_cfg")
 
 
 class StartGate(Protocol):
@@ -75,13 +87,20 @@ class Controller:
         host: str,
         heartbeat_probe: HeartbeatProbe | None = None,
         start_gate: StartGate | None = None,
+        instance: Instance | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.host = host
+        self.instance = instance or Instance.of_this_process(settings.node_id)
         self.timing = Timing.from_settings(settings)
-        self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv)
+        self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv, clock)
+        self._reload = reload
+        self._reload_requested = False
+        # The host of another live instance that reports under our node_id, if any.
+        self.conflict: str | None = None
         self.probe = heartbeat_probe
         self.gate = start_gate
         self.lease: Lease | None = None
@@ -91,17 +110,20 @@ class Controller:
         self.held: str | None = None
         self.switchover_to: str | None = None
         self._started_wall = 0.0
-        self._reported_strays: set[int] = set()
+        # Schedulers reported once already (stray_found, scheduler_foreign), and the stops
+        # of strays and orphans under way.
+        self._reported_strays: set[tuple[psutil.Process, Kind]] = set()
+        self._stopper = TreeStopper(clock)
         self._reported_pid: int | None = None
         self._stop_requested = False
         self._stop_signal: str | None = None
         self._subreaper = False
-        self._renewal_failed = False
+        self._store_failed = False
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention)
+        self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention, clock)
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -129,6 +151,8 @@ class Controller:
         self._handle_strays()
         next_tick = self.clock.now()
         while not self._stop_requested:
+            if self._reload_requested:
+                self._reload_settings()
             if self._tick_now or self.clock.now() >= self._wake_time(next_tick):
                 self._tick_now = False
                 self.tick()
@@ -146,10 +170,45 @@ class Controller:
             self._stop_signal = signal.Signals(signum).name
             self.request_stop()
 
+        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+            self.wake()
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # A closed terminal or SSH session sends SIGHUP: reload, as daemons do; never die.
+        signal.signal(signal.SIGHUP, on_hangup)
+
+    def _reload_settings(self) -> None:
+        """Re-read the configuration; a bad one is one logged line and the old one stays."""
+        self._reload_requested = False
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except UserError as exc:
+            log.error(  # noqa: TRY400 - a user mistake: one line, no traceback
+                "reload refused, settings unchanged: %s", exc, extra={"epoch": self.epoch}
+            )
+            return
+        fixed = {name: getattr(self.settings, name) for name in FIXED_ON_RELOAD}
+        for name in FIXED_ON_RELOAD:
+            if getattr(new, name) != fixed[name]:
+                log.warning("reload: %s changed; it takes effect after a restart", name)
+        new = replace(new, **fixed)
+        changed = sorted(k for k, v in vars(new).items() if getattr(self.settings, k) != v)
+        self.settings = new
+        self.timing = Timing.from_settings(new)
+        self.scheduler.argv = new.scheduler_argv  # for the next start
+        self.events.retention = new.event_retention
+        logging.getLogger("airflow_sentinel").setLevel(new.log_level)
+        self._emit(ev.RELOADED, ", ".join(changed) or "nothing changed")
+        self._tick_now = True
 
     def _wake_time(self, next_tick: float) -> float:
+        stopper_due = self._stopper.next_deadline()  # a stray's SIGKILL, or a look at its end
+        if stopper_due is not None:
+            next_tick = min(next_tick, stopper_due)
         if self.lease is None:
             return next_tick
         return min(next_tick, self.timing.demote_at(self.lease.valid_until))
@@ -199,7 +258,9 @@ class Controller:
         self._handle_strays()
         if reachable:
             self._heartbeat()
-            self.events.flush()
+            # Events are written here only, once the store has answered this cycle; a long
+            # backlog gets one operation timeout per cycle, so the next renewal is not late.
+            self.events.flush(budget=self.settings.renew_interval)
 
     def _read_flags(self) -> bool:
         """Refresh pause and switchover; on a store error the last known values stand."""
@@ -207,6 +268,7 @@ class Controller:
             flags = self.store.flags()
         except MetastoreError as exc:
             log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
+            self._store_failed = True
             return False
         paused = PAUSED in flags
         if paused != self.paused:
@@ -238,6 +300,7 @@ class Controller:
             valid_until=self.lease.valid_until if self.lease is not None else None,
             paused=self.paused,
             held=self.held is not None,
+            conflict=self.conflict is not None,
             fit=now >= self.unfit_until,
             switchover_requested=self.switchover_to is not None,
             failed_starts=self.scheduler.failed_starts,
@@ -252,18 +315,21 @@ class Controller:
 
     # -- lease ---------------------------------------------------------------------------
     def _renew_in_time(self) -> LeaseStatus:
-        """Renew; after a failed renewal, only if the call cannot outlast the demote deadline.
+        """Renew; once the store has failed any call since the last renewal, only if the
+        call cannot outlast the demote deadline.
 
         A failing metastore call can block for its whole operation timeout
         (``renew_interval``); one started too late would push the graceful stop past the
-        guard's fence. While renewals succeed, every cycle renews.
+        guard's fence. A store that hangs right after a renewal delays the next one by the
+        calls that hung, so any failure counts, not only a failed renewal. While the store
+        answers, every cycle renews.
         """
         assert self.lease is not None
         left = self.timing.demote_at(self.lease.valid_until) - self.clock.now()
-        if self._renewal_failed and left < self.settings.renew_interval:
+        if self._store_failed and left < self.settings.renew_interval:
             return LeaseStatus.UNREACHABLE  # not renewed; at the deadline the policy demotes
         status = self._renew()
-        self._renewal_failed = status is LeaseStatus.UNREACHABLE
+        self._store_failed = status is LeaseStatus.UNREACHABLE
         return status
 
     def _renew(self) -> LeaseStatus:
@@ -284,7 +350,7 @@ class Controller:
 
     def _acquire(self) -> bool:
         try:
-            lease = self.store.try_acquire(SERVICE, self.settings.node_id, self.settings.lease_ttl)
+            lease = self.store.try_acquire(SERVICE, self.instance, self.settings.lease_ttl)
         except MetastoreError as exc:
             log.warning("cannot check the lease: %s", exc, extra={"epoch": None})
             return False
@@ -292,11 +358,11 @@ class Controller:
             return False
         self.lease = lease
         self.role = Role.ACTIVE
-        self._emit(ev.BECAME_ACTIVE, "holds the scheduler lease")
+        self._emit(ev.BECAME_ACTIVE, _takeover(lease, self.settings.node_id))
         return True
 
     def _become_standby(self) -> None:
-        self._renewal_failed = False
+        self._store_failed = False
         self.lease = None
         self.role = Role.STANDBY
         self.scheduler.failed_starts = 0
@@ -354,7 +420,8 @@ class Controller:
 
     def _stand_down(self) -> None:
         dead = self._stop_scheduler()
-        self._emit(ev.STOOD_DOWN, f"cluster held: {self.held}")
+        why = f"cluster held: {self.held}" if self.held else f"node_id in use on {self.conflict}"
+        self._emit(ev.STOOD_DOWN, why)
         if dead:
             self._release()
         self._become_standby()
@@ -406,6 +473,9 @@ class Controller:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__SENTINEL__")}
         env[MARKER_ENV] = self.settings.node_id
         env[EPOCH_ENV] = str(self.epoch)
+        # Named outright, so that the scheduler's environment (while setproctitle leaves it
+        # intact) shows the installation its guard's command line claims.
+        env.setdefault("AIRFLOW_HOME", self.settings.airflow_home)
         return env
 
     def _start_scheduler(self) -> None:
@@ -420,7 +490,18 @@ class Controller:
         fence_at = self.timing.fence_at(self.lease.valid_until)
         now = self.clock.now()
         try:
-            self.scheduler.start(self._scheduler_env(), fence_at, self.settings.stop_timeout, now)
+            self.scheduler.start(
+                self._scheduler_env(),
+                fence_at,
+                self.settings.stop_timeout,
+                now,
+                RunOwner(
+                    self.settings.node_id,
+                    self.instance.token,
+                    self.settings.airflow_home,
+                    self.settings.airflow_cfg,
+                ),
+            )
         except OSError as exc:
             self._emit(ev.ERROR, f"cannot start the scheduler: {exc.strerror}", logging.ERROR)
             return
@@ -446,11 +527,23 @@ class Controller:
         expected = was is None or was is RunState.STOPPING
         level = logging.INFO if expected else logging.WARNING
         detail = f"{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
+        stop = self.scheduler.last_stop
+        if expected and stop is not None:
+            took = self.clock.now() - stop.at
+            if ended.code == -signal.SIGKILL and took >= stop.grace:
+                level = logging.WARNING
+                detail += (
+                    f"; killed: it did not exit within stop_timeout ({stop.grace:g}s) after "
+                    "SIGTERM (a real Airflow scheduler needs about 3s; raise stop_timeout)"
+                )
+            else:
+                detail += f"; stopped {took:.1f}s after SIGTERM"
         self._emit(ev.SCHEDULER_EXITED, detail, level)
 
     # -- strays and orphans ----------------------------------------------------------------
     def _kill_orphans(self) -> None:
-        """Kill our children that are not the current guard (left by a guard that died)."""
+        """SIGKILL our children that are not the current guard (left by a guard that died),
+        and reap those that died; the stopper sees the kills through, without waiting."""
         if not self._subreaper:
             return  # children of ours are only orphans once run() made us a subreaper
         guard_pid = getattr(self.scheduler.run, "guard_pid", None)
@@ -458,13 +551,11 @@ class Controller:
             children = psutil.Process().children()
         except psutil.Error:
             return
-        orphans = [c for c in children if c.pid != guard_pid]
-        alive = [c for c in orphans if is_alive(c)]
-        for orphan in alive:
-            found = describe(orphan)
-            self._emit(ev.STRAY_KILLED, f"orphan pid {found.pid}: {found.cmdline}", logging.WARNING)
-        stop_trees(alive, grace=0.0)
-        for orphan in orphans:
+        for orphan in (c for c in children if c.pid != guard_pid):
+            if is_alive(orphan) and not self._stopper.stopping(orphan):
+                what = describe(orphan)
+                if self._stopper.stop(orphan, grace=0.0):
+                    self._emit(ev.STRAY_KILLED, f"orphan pid {orphan.pid}: {what}", logging.WARNING)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(orphan.pid, os.WNOHANG)
 
@@ -479,26 +570,39 @@ class Controller:
             return {guard_pid}
 
     def _handle_strays(self) -> bool:
-        """Stop (or report) schedulers here that we did not start; True if one still runs."""
-        strays = find_strays(self.settings.scheduler_argv, self.settings.node_id, self._own_pids())
-        if not strays:
-            return False
+        """Stop (or report) this installation's schedulers that we did not start, and report
+        foreign ones once; True while one of ours still runs here, or is being stopped."""
+        stopping = self._stopper.poll()  # SIGKILL for those whose grace is over
+        me = Identity(
+            self.settings.node_id,
+            self.instance.token,
+            installation(self.settings.airflow_home, self.settings.airflow_cfg),
+        )
+        found = find_schedulers(self.settings.scheduler_argv, me, self._own_pids())
+        self._reported_strays &= {(f.proc, f.verdict.kind) for f in found}  # forget the gone
         kill = self.settings.stray_action == "kill" and not self.paused  # paused: report only
-        for proc in strays:
-            found = describe(proc)
-            if kill:
-                self._emit(ev.STRAY_KILLED, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
-            elif found.pid not in self._reported_strays:
-                self._reported_strays.add(found.pid)
-                self._emit(ev.STRAY_FOUND, f"pid {found.pid}: {found.cmdline}", logging.WARNING)
-        if not kill:
-            return True
-        return bool(stop_trees(strays, self.settings.stop_timeout))
+        reported = {
+            Kind.STRAY: ev.STRAY_FOUND,
+            Kind.DENIED: ev.STRAY_FOUND,
+            Kind.FOREIGN: ev.SCHEDULER_FOREIGN,
+        }
+        for finding in found:
+            kind = finding.verdict.kind
+            if kind is Kind.STRAY and kill:
+                if not self._stopper.stopping(finding.proc) and self._stopper.stop(
+                    finding.proc, self.settings.stop_timeout
+                ):
+                    self._emit(ev.STRAY_KILLED, finding.detail, logging.WARNING)
+            elif kind in reported and (finding.proc, kind) not in self._reported_strays:
+                self._reported_strays.add((finding.proc, kind))
+                self._emit(reported[kind], finding.detail, logging.WARNING)
+        return stopping or any(f.verdict.kind in (Kind.STRAY, Kind.DENIED) for f in found)
 
     # -- registry ------------------------------------------------------------------------
-    def _heartbeat(self, role: Role | None = None) -> None:
+    def _heartbeat(self, role: Role | None = None, at_start: bool = False) -> None:
         view = self.scheduler.view()
         self._reported_pid = view.pid
+        left = self.unfit_until - self.clock.now()
         report = NodeReport(
             node_id=self.settings.node_id,
             host=self.host,
@@ -506,14 +610,52 @@ class Controller:
             scheduler_running=view.state
             in (RunState.STARTING, RunState.RUNNING, RunState.STOPPING),
             scheduler_pid=view.pid,
-            fit=self.clock.now() >= self.unfit_until,
+            fit=left <= 0,
             version=__version__,
             epoch=self.epoch,
+            instance=self.instance.token,
+            cooldown_left_s=round(left, 1) if left > 0 else None,
         )
         try:
-            self.store.heartbeat(report)
+            conflict = self.store.heartbeat(report, stale_after=self.settings.lease_ttl)
         except MetastoreError as exc:
             log.warning("heartbeat not recorded: %s", exc, extra={"epoch": self.epoch})
+            self._store_failed = True
+            return
+        self._note_conflict(conflict, at_start)
+
+    def claim_node(self) -> str | None:
+        """Register this instance under its node_id; the other live instance's host if
+        one already reports under it (then this controller must not run)."""
+        self._heartbeat(at_start=True)
+        if self.conflict is not None:
+            self.events.flush()
+        return self.conflict
+
+    def _note_conflict(self, other_host: str | None, at_start: bool = False) -> None:
+        """Another live instance owns our node_id's row: we never lead until it is gone.
+        Refused at start, this controller exits: only the event tells, no flag stays."""
+        if other_host == self.conflict:
+            return
+        flag = f"{CONFLICT_PREFIX}{self.settings.node_id}"
+        if other_host is not None:
+            self._emit(
+                ev.INSTANCE_CONFLICT,
+                f"node_id '{self.settings.node_id}' is in use by a live controller on "
+                f"{other_host}; this one ({describe_token(self.instance.token)}) will not lead",
+                logging.ERROR,
+            )
+            value: str | None = f"{self.host} ({describe_token(self.instance.token)})"
+        else:
+            self._emit(ev.INSTANCE_CONFLICT, "resolved: this instance owns its node_id again")
+            value = None
+        self.conflict = other_host
+        if at_start:
+            return
+        try:
+            self.store.set_flag(flag, value)
+        except MetastoreError as exc:
+            log.warning("cannot record the conflict: %s", exc, extra={"epoch": self.epoch})
 
     # -- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -526,3 +668,17 @@ class Controller:
         self.lease = None
         self.role = Role.STOPPED
         self._heartbeat(Role.STOPPED)
+        self.events.flush(budget=self.settings.renew_interval)  # stops at the first failure
+
+
+def _takeover(lease: Lease, node_id: str) -> str:
+    """How the lease was taken, for the log: from whom, and after how long a silence."""
+    if lease.taken_from is None:
+        return f"holds the scheduler lease (it was free), epoch {lease.epoch}"
+    if lease.silent_for is None:
+        return f"holds the scheduler lease (taken back or handed over), epoch {lease.epoch}"
+    holder = lease.taken_from if lease.taken_from != node_id else f"another {node_id}"
+    return (
+        f"took the scheduler lease from {holder} after {lease.silent_for:.1f}s of silence, "
+        f"epoch {lease.epoch}"
+    )

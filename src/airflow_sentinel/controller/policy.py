@@ -29,7 +29,7 @@ class Leadership(str, Enum):
     DEMOTE = "demote"  # active, stop now: the lease is gone or about to be
     STEP_DOWN = "step_down"  # active, too many failed starts here: release and cool down
     HAND_OVER = "hand_over"  # active, planned switchover
-    STAND_DOWN = "stand_down"  # active, the cluster is held for an upgrade: stop, release
+    STAND_DOWN = "stand_down"  # active, but held for an upgrade or in conflict: stop, release
 
 
 class Supervision(str, Enum):
@@ -78,6 +78,7 @@ class Snapshot:
     valid_until: float | None
     paused: bool
     held: bool
+    conflict: bool  # another live instance reports under our node_id
     fit: bool
     switchover_requested: bool
     failed_starts: int
@@ -87,14 +88,15 @@ class Snapshot:
 
 def decide_leadership(s: Snapshot, t: Timing) -> Leadership:
     if s.lease is LeaseStatus.NONE:
-        return Leadership.ACQUIRE if s.fit and not (s.paused or s.held) else Leadership.WAIT
+        eligible = s.fit and not (s.paused or s.held or s.conflict)
+        return Leadership.ACQUIRE if eligible else Leadership.WAIT
     if s.lease is LeaseStatus.LOST or s.valid_until is None:
         return Leadership.DEMOTE
     if s.now >= t.demote_at(s.valid_until):
         return Leadership.DEMOTE
     if s.lease is LeaseStatus.UNREACHABLE:
         return Leadership.KEEP
-    if s.held:
+    if s.held or s.conflict:
         return Leadership.STAND_DOWN
     if s.paused:
         return Leadership.KEEP

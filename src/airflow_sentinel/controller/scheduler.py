@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import SentinelError
+from airflow_sentinel.process.guard import RunOwner
 from airflow_sentinel.process.handle import Launcher, RunEnded, SchedulerRun
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,14 @@ class BadTransition(SentinelError):
 
 
 @dataclass(frozen=True)
+class StopRequest:
+    """When a graceful stop was asked for, and the grace before SIGKILL."""
+
+    at: float
+    grace: float
+
+
+@dataclass(frozen=True)
 class RunView:
     """What the policy needs to know about the scheduler, frozen for one cycle."""
 
@@ -53,9 +63,12 @@ class RunView:
 
 
 class SupervisedScheduler:
-    def __init__(self, launcher: Launcher, argv: list[str]) -> None:
+    def __init__(self, launcher: Launcher, argv: list[str], clock: Clock) -> None:
         self._launcher = launcher
-        self._argv = argv
+        self.argv = argv
+        self._clock = clock
+        # The stop asked of the current (or the last) run; read when its end is reported.
+        self.last_stop: StopRequest | None = None
         self.state = RunState.STOPPED
         self.run: SchedulerRun | None = None
         self.started_at: float | None = None
@@ -75,10 +88,18 @@ class SupervisedScheduler:
     def active(self) -> bool:
         return self.state is not RunState.STOPPED
 
-    def start(self, env: Mapping[str, str], fence_at: float, grace: float, now: float) -> None:
+    def start(
+        self,
+        env: Mapping[str, str],
+        fence_at: float,
+        grace: float,
+        now: float,
+        owner: RunOwner | None = None,
+    ) -> None:
         self._move(RunState.STARTING)
+        self.last_stop = None
         try:
-            self.run = self._launcher.launch(self._argv, env, fence_at, grace)
+            self.run = self._launcher.launch(self.argv, env, fence_at, grace, owner)
         except OSError:
             self._move(RunState.STOPPED)
             self.failed_starts += 1
@@ -100,6 +121,7 @@ class SupervisedScheduler:
         if self.state is RunState.STARTING:
             self.failed_starts += 1  # stopped before it proved itself
         self._move(RunState.STOPPING)
+        self.last_stop = StopRequest(self._clock.now(), grace)
         self.run.stop(grace)
 
     def ended(self, how: RunEnded) -> bool:

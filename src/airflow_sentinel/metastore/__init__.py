@@ -5,6 +5,7 @@ from __future__ import annotations
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
 from airflow_sentinel.metastore.base import Metastore
+from airflow_sentinel.metastore.bounded import open_bounded
 from airflow_sentinel.metastore.urls import ZOOKEEPER, mask
 
 
@@ -14,10 +15,13 @@ def open_metastore(
     """Open the backend for ``url`` (already normalized) and make sure its schema exists.
 
     ``lease_ttl`` is the session timeout asked of ZooKeeper; SQL leases carry it per call.
+    Every call, opening included, returns within ``op_timeout`` (see bounded.py).
     Raises MetastoreUnavailable, naming the host and never the password, when it cannot.
     """
     try:
-        store = _backend(url, clock, op_timeout, lease_ttl)
+        store = open_bounded(
+            lambda: _backend(url, clock, op_timeout, lease_ttl), op_timeout, mask(url)
+        )
     except OSError as exc:  # the SQLite file's folder cannot be created or written
         raise MetastoreUnavailable(f"cannot use metastore {mask(url)}: {exc.strerror}") from None
     except MetastoreError as exc:

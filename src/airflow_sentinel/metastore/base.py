@@ -18,6 +18,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from airflow_sentinel.identity import Instance
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -27,6 +29,10 @@ class Lease:
     holder: str
     epoch: int
     valid_until: float
+    instance: str = ""  # the holding controller's instance token
+    # How it was taken (for the log): from whom, and how long we saw it unchanged before.
+    taken_from: str | None = None
+    silent_for: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class LeaseRecord:
     version: int
     ttl: float
     age_s: float | None  # seconds since its last change, on the store's clock; display only
+    instance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,15 @@ class NodeReport:
     fit: bool
     version: str
     epoch: int | None
+    instance: str | None = None  # the reporting controller's instance token
+    cooldown_left_s: float | None = None  # stepped down: seconds until it may lead again
 
 
 @dataclass(frozen=True)
 class NodeRecord(NodeReport):
     """A node's last report, as any node reads it."""
 
-    last_heartbeat_age_s: float
+    last_heartbeat_age_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class EventRecord:
 
 
 PAUSED = "paused"
+# Set by a controller refused because another live instance reports under its node_id.
+CONFLICT_PREFIX = "conflict:"
 # Set by an upgrade: every controller stops its scheduler, gives up its lease, takes none.
 HOLD = "hold"
 # The cluster upgrade lock: claimed by the node that does the cluster-wide upgrade steps.
@@ -111,16 +122,21 @@ class Metastore(ABC):
 
     # -- lease ---------------------------------------------------------------------------
     @abstractmethod
-    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
-        """Take the lease if it is free, expired, or already recorded as ours.
+    def try_acquire(self, service: str, me: Instance, ttl: float) -> Lease | None:
+        """Take the lease if it is free, or recorded for ``me.node_id`` with a holder
+        instance that ``me.may_reclaim`` (this instance, a dead predecessor on the same boot,
+        or a handover to this node); any other holder only after observed expiry.
 
-        ``None`` means another node holds it (or may still hold it). ``ttl`` is this node's
-        promise to other nodes: they wait that long after the lease last changed.
+        ``None`` means another node or instance holds it (or may still hold it). ``ttl`` is
+        this node's promise to others: they wait that long after the lease last changed.
+        The epoch grows by one, except when claiming a handover, whose transfer already
+        moved it: the epoch moves by exactly one per change of holder.
         """
 
     @abstractmethod
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
-        """Extend a held lease. ``None``: it is no longer ours (someone else's or released)."""
+        """Extend a held lease. ``None``: it is no longer this instance's (someone else's,
+        another instance's with the same node_id, or released)."""
 
     @abstractmethod
     def release(self, lease: Lease) -> bool:
@@ -128,7 +144,9 @@ class Metastore(ABC):
 
     @abstractmethod
     def transfer(self, lease: Lease, to_node: str) -> bool:
-        """Hand the lease to ``to_node`` (planned switchover). Call only with nothing running."""
+        """Hand the lease to ``to_node`` (planned switchover), epoch + 1, holder instance
+        HANDOVER, so the target claims it without waiting and without a second increment.
+        Call only with nothing running."""
 
     @abstractmethod
     def read_lease(self, service: str) -> LeaseRecord | None:
@@ -136,8 +154,10 @@ class Metastore(ABC):
 
     # -- node registry -------------------------------------------------------------------
     @abstractmethod
-    def heartbeat(self, report: NodeReport) -> None:
-        """Insert or update this node's row."""
+    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
+        """Insert or update this node's row, unless another instance reports under the same
+        node_id and was heard from within ``stale_after`` seconds (and has not stopped): then
+        nothing is written and that instance's host is returned (a conflict)."""
 
     @abstractmethod
     def nodes(self) -> list[NodeRecord]:

@@ -30,5 +30,10 @@ class ObservedExpiry:
             return False
         return now - seen.since >= ttl
 
+    def seen_for(self, service: str, state: Hashable, now: float) -> float | None:
+        """How long ``state`` has been seen unchanged so far; None when it is new to us."""
+        seen = self._seen.get(service)
+        return now - seen.since if seen is not None and seen.state == state else None
+
     def forget(self, service: str) -> None:
         self._seen.pop(service, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import MetastoreError
+from airflow_sentinel.identity import HANDOVER, Instance
 from airflow_sentinel.metastore.base import (
     Event,
     EventRecord,
@@ -45,6 +47,7 @@ lease_table = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("ttl", sa.Double, nullable=False),
     sa.Column("changed_at", sa.Double, nullable=False),
+    sa.Column("holder_instance", sa.String(255), nullable=True),
 )
 
 node_table = sa.Table(
@@ -59,6 +62,14 @@ node_table = sa.Table(
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("epoch", sa.BigInteger, nullable=True),
     sa.Column("heartbeat_at", sa.Double, nullable=False),
+    sa.Column("instance", sa.String(255), nullable=True),
+    sa.Column("cooldown_left", sa.Double, nullable=True),
+)
+# Columns added after the first release: ensure_schema adds them to existing tables.
+ADDED_COLUMNS = (
+    lease_table.c.holder_instance,
+    node_table.c.instance,
+    node_table.c.cooldown_left,
 )
 
 event_table = sa.Table(
@@ -186,7 +197,29 @@ class SqlMetastore(Metastore):
             except SQLAlchemyError as exc:
                 raise MetastoreError(self._explain(exc)) from None
             else:
-                return
+                break
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring tables made by an earlier version up to date (nullable columns only)."""
+        try:
+            inspector = sa.inspect(self._engine)
+            for column in ADDED_COLUMNS:
+                table = column.table.name
+                if column.name in {c["name"] for c in inspector.get_columns(table)}:
+                    continue
+                kind = column.type.compile(dialect=self._engine.dialect)
+                try:
+                    with self._engine.begin() as conn:
+                        conn.execute(
+                            sa.text(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}")
+                        )
+                except DBAPIError:
+                    inspector = sa.inspect(self._engine)  # another node added it first
+                    if column.name not in {c["name"] for c in inspector.get_columns(table)}:
+                        raise
+        except SQLAlchemyError as exc:
+            raise MetastoreError(self._explain(exc)) from None
 
     def check(self) -> str:
         with self._tx() as conn:
@@ -204,6 +237,7 @@ class SqlMetastore(Metastore):
             lease_table.c.epoch,
             lease_table.c.version,
             lease_table.c.ttl,
+            lease_table.c.holder_instance,
             (self._now() - lease_table.c.changed_at).label("age"),
         ).where(lease_table.c.service == service)
         return conn.execute(query).one_or_none()
@@ -227,7 +261,7 @@ class SqlMetastore(Metastore):
         except SQLAlchemyError as exc:
             raise MetastoreError(self._explain(exc)) from None
 
-    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
+    def try_acquire(self, service: str, me: Instance, ttl: float) -> Lease | None:
         with self._tx() as conn:
             row = self._read_lease_row(conn, service)
         if row is None:
@@ -237,16 +271,22 @@ class SqlMetastore(Metastore):
             if row is None:
                 raise MetastoreError(f"metastore {self.description}: lease row vanished")
         seen_at = self._clock.now()
-        if not self._may_take(service, row, node_id, seen_at):
+        state = (row.holder, int(row.epoch), int(row.version))
+        silent_for = self._expiry.seen_for(service, state, seen_at)
+        waited = row.holder is not None and not self._reclaims(row, me)
+        if waited and not self._expiry.expired(service, state, float(row.ttl), seen_at):
             return None
+        # Claiming a handover keeps the epoch the transfer gave it: one step per holder.
+        step = 0 if row.holder == me.node_id and row.holder_instance == HANDOVER else 1
         sent = self._clock.now()
         with self._tx() as conn:
             result = conn.execute(
                 lease_table.update()
                 .where(lease_table.c.service == service, lease_table.c.version == row.version)
                 .values(
-                    holder=node_id,
-                    epoch=lease_table.c.epoch + 1,
+                    holder=me.node_id,
+                    holder_instance=me.token,
+                    epoch=lease_table.c.epoch + step,
                     version=lease_table.c.version + 1,
                     ttl=ttl,
                     changed_at=self._now(),
@@ -255,30 +295,41 @@ class SqlMetastore(Metastore):
         if result.rowcount != 1:
             return None
         self._expiry.forget(service)
-        return Lease(service, node_id, row.epoch + 1, valid_until=sent + ttl)
+        return Lease(
+            service,
+            me.node_id,
+            row.epoch + step,
+            valid_until=sent + ttl,
+            instance=me.token,
+            taken_from=row.holder,
+            silent_for=silent_for if waited else None,
+        )
 
-    def _may_take(self, service: str, row: Any, node_id: str, seen_at: float) -> bool:
-        if row.holder is None or row.holder == node_id:
-            return True
-        state = (row.holder, int(row.epoch), int(row.version))
-        return self._expiry.expired(service, state, float(row.ttl), seen_at)
+    @staticmethod
+    def _reclaims(row: Any, me: Instance) -> bool:
+        return bool(row.holder == me.node_id and me.may_reclaim(row.holder_instance))
 
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         sent = self._clock.now()
         changed = self._update_held(
             lease, version=lease_table.c.version + 1, ttl=ttl, changed_at=self._now()
         )
-        return Lease(lease.service, lease.holder, lease.epoch, sent + ttl) if changed else None
+        return replace(lease, valid_until=sent + ttl) if changed else None
 
     def release(self, lease: Lease) -> bool:
         return self._update_held(
-            lease, holder=None, version=lease_table.c.version + 1, changed_at=self._now()
+            lease,
+            holder=None,
+            holder_instance=None,
+            version=lease_table.c.version + 1,
+            changed_at=self._now(),
         )
 
     def transfer(self, lease: Lease, to_node: str) -> bool:
         return self._update_held(
             lease,
             holder=to_node,
+            holder_instance=HANDOVER,
             epoch=lease_table.c.epoch + 1,
             version=lease_table.c.version + 1,
             changed_at=self._now(),
@@ -291,6 +342,7 @@ class SqlMetastore(Metastore):
                 .where(
                     lease_table.c.service == lease.service,
                     lease_table.c.holder == lease.holder,
+                    lease_table.c.holder_instance == lease.instance,
                     lease_table.c.epoch == lease.epoch,
                 )
                 .values(**values)
@@ -303,11 +355,17 @@ class SqlMetastore(Metastore):
         if row is None:
             return None
         return LeaseRecord(
-            service, row.holder, int(row.epoch), int(row.version), float(row.ttl), float(row.age)
+            service,
+            row.holder,
+            int(row.epoch),
+            int(row.version),
+            float(row.ttl),
+            float(row.age),
+            row.holder_instance,
         )
 
     # -- node registry -------------------------------------------------------------------
-    def heartbeat(self, report: NodeReport) -> None:
+    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
         values = {
             "host": report.host,
             "role": report.role,
@@ -316,20 +374,37 @@ class SqlMetastore(Metastore):
             "fit": report.fit,
             "version": report.version,
             "epoch": report.epoch,
+            "instance": report.instance,
+            "cooldown_left": report.cooldown_left_s,
             "heartbeat_at": self._now(),
         }
-        update = node_table.update().where(node_table.c.node_id == report.node_id).values(values)
+        row = node_table.c
+        # The row is ours to write when it is ours already, or its instance is gone.
+        claimable = sa.or_(
+            row.instance == report.instance,
+            row.instance.is_(None),
+            row.role == "stopped",
+            row.heartbeat_at < self._now() - stale_after,
+        )
+        update = node_table.update().where(row.node_id == report.node_id, claimable)
         with self._tx() as conn:
-            if conn.execute(update).rowcount == 1:
-                return
+            if conn.execute(update.values(values)).rowcount == 1:
+                return None
         try:
             with self._engine.begin() as conn:
                 conn.execute(node_table.insert().values(node_id=report.node_id, **values))
         except IntegrityError:
-            with self._tx() as conn:
-                conn.execute(update)
+            return self._conflicting_host(report.node_id)
         except SQLAlchemyError as exc:
             raise MetastoreError(self._explain(exc)) from None
+        return None
+
+    def _conflicting_host(self, node_id: str) -> str:
+        with self._tx() as conn:
+            host = conn.execute(
+                sa.select(node_table.c.host).where(node_table.c.node_id == node_id)
+            ).scalar_one_or_none()
+        return str(host or "?")
 
     def nodes(self) -> list[NodeRecord]:
         age = (self._now() - node_table.c.heartbeat_at).label("age")
@@ -346,6 +421,8 @@ class SqlMetastore(Metastore):
                 fit=bool(r.fit),
                 version=r.version,
                 epoch=r.epoch,
+                instance=r.instance,
+                cooldown_left_s=r.cooldown_left,
                 last_heartbeat_age_s=max(0.0, float(r.age)),
             )
             for r in rows

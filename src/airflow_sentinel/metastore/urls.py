@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -9,7 +11,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 ACCEPTED = (
-    "sqlite:///PATH, mysql+pymysql://USER:PASS@HOST[:PORT]/DB (MySQL, MariaDB), "
+    "sqlite:////ABSOLUTE/PATH, mysql+pymysql://USER:PASS@HOST[:PORT]/DB (MySQL, MariaDB), "
     "postgresql+psycopg://USER:PASS@HOST[:PORT]/DB, "
     "zookeeper://[USER:PASS@]HOST[:PORT][,HOST[:PORT]...]/PATH"
 )
@@ -75,19 +77,22 @@ DRIVER_MAP = {
 }
 
 
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]*")  # as SQLAlchemy names drivers
+
+
 def normalize_metastore_url(raw: str) -> str:
     """The URL with our driver, or ValueError naming what is accepted."""
     raw = raw.strip()
-    scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+    typed = raw.split("://", 1)[0] if "://" in raw else ""
+    scheme = typed.lower()
     if scheme == ZOOKEEPER:
         parse_zookeeper_url(raw)
         return raw
-    if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
+    if scheme == "postgres" or scheme.startswith("postgres+"):
         raw = "postgresql" + raw[len("postgres") :]
         scheme = "postgresql" + scheme[len("postgres") :]
     if scheme not in DRIVER_MAP:
-        shown = f"'{scheme}://'" if scheme else "no scheme"
-        raise ValueError(f"malformed or unsupported URL ({shown}); accepted: {ACCEPTED}")
+        raise ValueError(_unsupported(typed))
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):
@@ -97,10 +102,19 @@ def normalize_metastore_url(raw: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _unsupported(typed: str) -> str:
+    """The scheme as typed, a near miss if there is one, and what is accepted."""
+    if not SCHEME.fullmatch(typed):  # nothing like a scheme: show none of it
+        return f"malformed URL (no scheme such as postgresql://); accepted: {ACCEPTED}"
+    known = [*DRIVER_MAP, ZOOKEEPER]
+    near = difflib.get_close_matches(typed.lower(), known, n=1, cutoff=0.75)
+    hint = f" (did you mean '{near[0]}://'?)" if near else ""
+    return f"unsupported scheme '{typed}://'{hint}; accepted: {ACCEPTED}"
+
+
 def _check_parts(url: URL) -> None:
     if url.drivername == "sqlite":
-        if not url.database or url.database == ":memory:" or "memory" in url.query.get("mode", ""):
-            raise ValueError("sqlite URL needs a file path (in-memory databases cannot be shared)")
+        _check_sqlite_path(url)
         return
     if not url.host:
         raise ValueError(f"URL needs a host; accepted: {ACCEPTED}")
@@ -112,6 +126,17 @@ def _check_parts(url: URL) -> None:
         port = -1
     if port is not None and not 0 < port < 65536:
         raise ValueError("URL port must be a number from 1 to 65535")
+
+
+def _check_sqlite_path(url: URL) -> None:
+    database = url.database or ""
+    if not database or database == ":memory:" or "memory" in url.query.get("mode", ""):
+        raise ValueError("sqlite URL needs a file path (in-memory databases cannot be shared)")
+    if not database.startswith("/"):
+        # As Airflow does: a relative path would depend on the working directory.
+        raise ValueError(
+            f"sqlite path '{database}' is relative; use an absolute path (sqlite:////abs/path.db)"
+        )
 
 
 # Query parameters that carry a password (libpq and the MySQL drivers accept these).

@@ -26,10 +26,15 @@ node is a standby, and may take the lease again like anyone else.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -45,6 +50,7 @@ from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE
 
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.identity import HANDOVER, Instance
 from airflow_sentinel.metastore.base import (
     Event,
     EventRecord,
@@ -55,11 +61,12 @@ from airflow_sentinel.metastore.base import (
     NodeReport,
 )
 from airflow_sentinel.metastore.observed import ObservedExpiry
-from airflow_sentinel.metastore.urls import ZooKeeperUrl, parse_zookeeper_url
+from airflow_sentinel.metastore.urls import ZooKeeperUrl, parse_zookeeper_url, scrub
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 50
+NODE_FIELDS = frozenset(f.name for f in fields(NodeReport))
 UNREACHABLE = (KazooException, KazooTimeoutError)
 
 
@@ -75,17 +82,107 @@ class _Held:
     session: int  # the ZooKeeper session that holds the lease
 
 
+class _KazooLog:
+    """kazoo's logger: its lines go to DEBUG, except errors, which keep their level.
+
+    The state listener already logs each connection state change once, and a failed connect
+    becomes one error naming the hosts. kazoo's own warnings (one per retry) would only repeat
+    them, and where logging is not configured (every command but `start`) Python prints them
+    raw. The first warning is kept: it says why a connect failed (later ones say only that
+    retrying stopped).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self.first_warning: str | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if "passwd" in str(msg):  # kazoo logs the session's password when it connects
+            msg, args = "ZooKeeper session established", ()
+        if level >= logging.ERROR:
+            self._logger.log(level, msg, *args, **kwargs)
+            return
+        if level >= logging.WARNING and self.first_warning is None:
+            try:
+                self.first_warning = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                self.first_warning = str(msg)
+        self._logger.debug(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    warn = warning
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, exc_info=True, **kwargs)
+
+
+# The round trips of one public call (a renewal is a get and a set) share one deadline, a
+# little inside the operation timeout: a slow ensemble then fails the call here, with the
+# session kept, before the bounded wrapper (bounded.py) gives up on the call and discards
+# this backend, and its session with it.
+CALL_BUDGET = 0.9
+
+_T = TypeVar("_T")
+_Store = TypeVar("_Store", bound=Metastore)
+
+
+class _CallDeadline(threading.local):
+    """When the public call running on this thread must end; None while none runs."""
+
+    at: float | None = None
+
+
+def _one_deadline_per_call(cls: type[_Store]) -> type[_Store]:
+    """Give every method of the Metastore interface one deadline for all its round trips."""
+    for name in Metastore.__abstractmethods__ - {"close"}:
+        method = cls.__dict__.get(name)
+        if inspect.isfunction(method):
+            setattr(cls, name, _within_one_deadline(method))
+    return cls
+
+
+def _within_one_deadline(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def bounded(self: ZooKeeperMetastore, *args: Any, **kwargs: Any) -> _T:
+        deadline = self._call_deadline
+        if deadline.at is not None:  # called by another public call: its deadline holds
+            return method(self, *args, **kwargs)
+        deadline.at = time.monotonic() + CALL_BUDGET * self._op_timeout
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            deadline.at = None
+
+    return bounded
+
+
+@_one_deadline_per_call
 class ZooKeeperMetastore(Metastore):
+    _call_deadline = _CallDeadline()  # per thread; one store's call never runs inside another's
+
     def __init__(self, url: str, clock: Clock, op_timeout: float, session_timeout: float) -> None:
         self._url: ZooKeeperUrl = parse_zookeeper_url(url)
         self._clock = clock
         self._op_timeout = op_timeout
         auth = self._url.digest_auth
+        self._kazoo_log = _KazooLog(log.getChild("kazoo"))
         self._client = KazooClient(
             hosts=self._url.hosts,
             timeout=session_timeout,
             auth_data=[("digest", auth)] if auth else None,
             default_acl=CREATOR_ALL_ACL if auth else OPEN_ACL_UNSAFE,
+            logger=self._kazoo_log,
         )
         self._closing = False
         self._client.add_listener(self._on_state)
@@ -94,10 +191,12 @@ class ZooKeeperMetastore(Metastore):
         self._held: dict[str, _Held] = {}
         self._events_written = 0
         try:
-            self._client.start(timeout=op_timeout)
+            # Inside the operation timeout, as every call: the error then says why (below).
+            self._client.start(timeout=CALL_BUDGET * op_timeout)
         except UNREACHABLE as exc:
             self._client.close()
-            raise MetastoreError(self._explain(exc)) from None
+            why = self._kazoo_log.first_warning
+            raise MetastoreError(self._explain(exc, scrub(why, url) if why else None)) from None
         if self.session_timeout < session_timeout - 0.001:
             self.close()
             raise UserError(
@@ -123,13 +222,21 @@ class ZooKeeperMetastore(Metastore):
         level = logging.INFO if state == KazooState.CONNECTED else logging.WARNING
         log.log(level, "ZooKeeper connection %s", state)
 
-    def _explain(self, exc: BaseException) -> str:
-        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-        return f"metastore {self.description}: {reason}"
+    def _explain(self, exc: BaseException, cause: str | None = None) -> str:
+        if isinstance(exc, KazooTimeoutError):
+            reason = f"no answer within {self._op_timeout:g}s"
+        else:
+            reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+        return f"metastore {self.description}: {reason}" + (f" ({cause})" if cause else "")
 
     def _wait(self, async_result: Any) -> Any:
+        """The answer to one request, within what is left of the public call's deadline."""
+        at = self._call_deadline.at
+        left = self._op_timeout if at is None else at - time.monotonic()
+        if left <= 0:  # the call's earlier round trips took all of its time
+            raise MetastoreError(self._explain(KazooTimeoutError()))
         try:
-            return async_result.get(timeout=self._op_timeout)
+            return async_result.get(timeout=left)
         except (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError):
             raise
         except UNREACHABLE as exc:
@@ -203,24 +310,36 @@ class ZooKeeperMetastore(Metastore):
             return None
         return stat
 
-    def try_acquire(self, service: str, node_id: str, ttl: float) -> Lease | None:
+    def try_acquire(self, service: str, me: Instance, ttl: float) -> Lease | None:
         record, stat = self._read_record(service)
         seen_at = self._clock.now()
         holder = record["holder"]
-        if holder not in (None, node_id):
-            state = (holder, int(record["epoch"]), stat.version)
-            if not self._expiry.expired(service, state, float(record["ttl"]), seen_at):
-                return None
+        state = (holder, int(record["epoch"]), stat.version)
+        silent_for = self._expiry.seen_for(service, state, seen_at)
+        mine = holder == me.node_id and me.may_reclaim(record.get("instance"))
+        waited = holder is not None and not mine
+        if waited and not self._expiry.expired(service, state, float(record["ttl"]), seen_at):
+            return None
         sent = self._clock.now()
-        epoch = int(record["epoch"]) + 1
-        taken = {"holder": node_id, "epoch": epoch, "ttl": ttl}
+        # Claiming a handover keeps the epoch the transfer gave it: one step per holder.
+        step = 0 if holder == me.node_id and record.get("instance") == HANDOVER else 1
+        epoch = int(record["epoch"]) + step
+        taken = {"holder": me.node_id, "instance": me.token, "epoch": epoch, "ttl": ttl}
         written = self._write_record(service, taken, stat.version)
         if written is None:
             return None
         self._expiry.forget(service)
         self._held[service] = _Held(written.version, self._my_session())
         self._mark_presence(service, taken)
-        return Lease(service, node_id, epoch, sent + ttl)
+        return Lease(
+            service,
+            me.node_id,
+            epoch,
+            sent + ttl,
+            instance=me.token,
+            taken_from=holder,
+            silent_for=silent_for if waited else None,
+        )
 
     def _mark_presence(self, service: str, record: dict[str, Any]) -> None:
         """The ephemeral holder znode: shows who leads while that session lives (status)."""
@@ -244,7 +363,11 @@ class ZooKeeperMetastore(Metastore):
         if held.session != session:
             return None  # LOST: the session expired; this node is a standby now
         record, stat = self._read_record(lease.service)
-        if record["holder"] != lease.holder or int(record["epoch"]) != lease.epoch:
+        if (record["holder"], int(record["epoch"]), record.get("instance")) != (
+            lease.holder,
+            lease.epoch,
+            lease.instance,
+        ):
             return None
         written = self._write_record(lease.service, {**record, **changes}, stat.version)
         if written is not None:
@@ -256,17 +379,18 @@ class ZooKeeperMetastore(Metastore):
         sent = self._clock.now()
         if self._update_held(lease, {"ttl": ttl}) is None:
             return None
-        return Lease(lease.service, lease.holder, lease.epoch, sent + ttl)
+        return replace(lease, valid_until=sent + ttl)
 
     def release(self, lease: Lease) -> bool:
-        if self._update_held(lease, {"holder": None}) is None:
+        if self._update_held(lease, {"holder": None, "instance": None}) is None:
             return False
         self._held.pop(lease.service, None)
         self._delete_quietly(self._lease_paths(lease.service).holder)
         return True
 
     def transfer(self, lease: Lease, to_node: str) -> bool:
-        if self._update_held(lease, {"holder": to_node, "epoch": lease.epoch + 1}) is None:
+        changes = {"holder": to_node, "instance": HANDOVER, "epoch": lease.epoch + 1}
+        if self._update_held(lease, changes) is None:
             return False
         self._held.pop(lease.service, None)
         self._delete_quietly(self._lease_paths(lease.service).holder)
@@ -279,20 +403,46 @@ class ZooKeeperMetastore(Metastore):
         record, stat = json.loads(found[0]), found[1]
         age = max(0.0, self._server_now() - stat.mtime / 1000.0)
         return LeaseRecord(
-            service, record["holder"], int(record["epoch"]), stat.version, float(record["ttl"]), age
+            service,
+            record["holder"],
+            int(record["epoch"]),
+            stat.version,
+            float(record["ttl"]),
+            age,
+            record.get("instance"),
         )
 
     # -- node registry -------------------------------------------------------------------
-    def heartbeat(self, report: NodeReport) -> None:
+    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
         path = self._path("nodes", report.node_id)
         data = json.dumps(report.__dict__).encode()
-        try:
-            self._wait(self._client.set_async(path, data))
-        except NoNodeError:
+        found = self._get(path)
+        if found is None:
             try:
                 self._wait(self._client.create_async(path, data, makepath=True))
             except NodeExistsError:
-                self._wait(self._client.set_async(path, data))
+                found = self._get(path)
+            else:
+                return None
+        if found is None:
+            return self.heartbeat(report, stale_after)  # deleted meanwhile (clear-metadata)
+        other, stat = json.loads(found[0]), found[1]
+        if self._another_live_instance(report, other, stat, stale_after):
+            return str(other.get("host", "?"))
+        try:
+            self._wait(self._client.set_async(path, data, version=stat.version))
+        except (BadVersionError, NoNodeError):
+            return self.heartbeat(report, stale_after)  # raced with the other writer: look again
+        return None
+
+    def _another_live_instance(
+        self, report: NodeReport, other: dict[str, Any], stat: ZnodeStat, stale_after: float
+    ) -> bool:
+        """Whether the row belongs to another instance that has not stopped and wrote it
+        within ``stale_after`` seconds (on the ensemble's clock, as the SQL backends do)."""
+        if other.get("instance") in (None, report.instance) or other.get("role") == "stopped":
+            return False
+        return self._server_now() - float(stat.mtime) / 1000.0 < stale_after
 
     def nodes(self) -> list[NodeRecord]:
         now = self._server_now()
@@ -303,7 +453,8 @@ class ZooKeeperMetastore(Metastore):
                 continue
             report = json.loads(found[0])
             age = max(0.0, now - found[1].mtime / 1000.0)
-            records.append(NodeRecord(**report, last_heartbeat_age_s=age))
+            known = {k: v for k, v in report.items() if k in NODE_FIELDS}
+            records.append(NodeRecord(**known, last_heartbeat_age_s=age))
         return records
 
     # -- events --------------------------------------------------------------------------

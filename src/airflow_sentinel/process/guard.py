@@ -15,6 +15,12 @@ killed with SIGKILL takes its scheduler with it.
 Protocol: the controller writes ``deadline T`` (absolute CLOCK_BOOTTIME seconds) and
 ``stop GRACE`` lines to stdin. The guard writes ``started PID``, then ``exited CODE`` or
 ``fenced`` or ``refused`` to stdout, and exits. The scheduler's own output goes to stderr.
+
+Ownership: the guard's command line names the run's owner (``--owner=NODE_ID --instance=TOKEN
+--airflow-home=DIR --airflow-config=FILE``). A guard is an ancestor of every process
+of its run and never changes its title, so this is the one record of whose scheduler it is
+that the scheduler cannot erase (Airflow's setproctitle overwrites the scheduler's own
+title and environment), and any controller on the host can read it from /proc.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import selectors
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -37,6 +44,42 @@ from airflow_sentinel.process.tree import is_alive, send, wait_gone
 KILL_WAIT = 5.0
 # A run that would have less than this before its fence is not started at all.
 MIN_RUNWAY = 0.5
+MODULE = "airflow_sentinel.process.guard"
+OWNER_OPTIONS = ("--owner", "--instance", "--airflow-home", "--airflow-config")
+
+
+@dataclass(frozen=True)
+class RunOwner:
+    """Whose run a guard serves: a node, one controller process of it, an installation."""
+
+    node_id: str
+    instance: str
+    airflow_home: str
+    airflow_config: str
+
+    def arguments(self) -> list[str]:
+        """``--owner=NODE_ID ...``: one word each, so that no value is taken for an option."""
+        values = (self.node_id, self.instance, self.airflow_home, self.airflow_config)
+        return [f"{option}={value}" for option, value in zip(OWNER_OPTIONS, values, strict=True)]
+
+
+def is_guard(cmdline: Sequence[str]) -> bool:
+    """Whether a command line is a guard's: ``PYTHON -m airflow_sentinel.process.guard``."""
+    return list(cmdline[1:3]) == ["-m", MODULE]
+
+
+def owner_of(cmdline: Sequence[str]) -> RunOwner | None:
+    """The owner named on a guard's command line; None if it names none (or not all)."""
+    values: dict[str, str] = {}
+    for word in cmdline[3:]:
+        if word == "--":
+            break  # the scheduler's own arguments follow
+        option, equals, value = word.partition("=")
+        if equals and option in OWNER_OPTIONS:
+            values[option] = value
+    if set(values) != set(OWNER_OPTIONS):
+        return None
+    return RunOwner(*(values[option] for option in OWNER_OPTIONS))
 
 
 @dataclass
@@ -153,6 +196,8 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="airflow-sentinel-guard")
     parser.add_argument("--deadline", type=float, required=True)
     parser.add_argument("--grace", type=float, required=True)
+    for option in OWNER_OPTIONS:  # read by other processes from /proc, never by the guard
+        parser.add_argument(option, default="")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from airflow_sentinel.process.guard import MODULE as GUARD_MODULE
+from airflow_sentinel.process.guard import RunOwner
+
 MARKER_ENV = "AIRFLOW_SENTINEL_NODE_ID"
 EPOCH_ENV = "AIRFLOW_SENTINEL_EPOCH"
 
@@ -47,8 +50,15 @@ class SchedulerRun(Protocol):
 
 class Launcher(Protocol):
     def launch(
-        self, argv: list[str], env: Mapping[str, str], fence_at: float, grace: float
-    ) -> SchedulerRun: ...
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        fence_at: float,
+        grace: float,
+        owner: RunOwner | None = None,
+    ) -> SchedulerRun:
+        """Start ``argv`` under a guard; ``owner`` is written where other controllers read
+        it (the guard's command line)."""
 
 
 class GuardedRun:
@@ -138,25 +148,38 @@ class GuardedRun:
                 selector.select(remaining)
 
 
+def guard_command(
+    argv: list[str], fence_at: float, grace: float, owner: RunOwner | None = None
+) -> list[str]:
+    """The guard's command line: its owner first (read by other controllers), the scheduler's
+    own command after ``--``."""
+    return [
+        sys.executable,
+        "-m",
+        GUARD_MODULE,
+        *(owner.arguments() if owner is not None else []),
+        "--deadline",
+        f"{fence_at:.6f}",
+        "--grace",
+        f"{grace:.3f}",
+        "--",
+        *argv,
+    ]
+
+
 class GuardLauncher:
     """Starts each scheduler run under a guard process in a session of its own."""
 
     def launch(
-        self, argv: list[str], env: Mapping[str, str], fence_at: float, grace: float
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        fence_at: float,
+        grace: float,
+        owner: RunOwner | None = None,
     ) -> GuardedRun:
-        command = [
-            sys.executable,
-            "-m",
-            "airflow_sentinel.process.guard",
-            "--deadline",
-            f"{fence_at:.6f}",
-            "--grace",
-            f"{grace:.3f}",
-            "--",
-            *argv,
-        ]
         process = subprocess.Popen(
-            command,
+            guard_command(argv, fence_at, grace, owner),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,  # each command reaches the guard whole, or fails at once

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
+from airflow_sentinel.config.profiles import PROFILES
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.soak.nemesis import KINDS
-from airflow_sentinel.soak.nodes import PROFILES
 from airflow_sentinel.soak.servers import SERVERS
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -76,9 +76,10 @@ def soak() -> None:
 @click.option(
     "--profile",
     type=click.Choice(sorted(PROFILES)),
-    default="fast",
+    default="lab",
     show_default=True,
-    help="Controller timing: fast (TTL 4 s) or default (TTL 15 s).",
+    help="Controller timing: lab (TTL 4 s, for the probe, which stops at once), fast "
+    "(TTL 7 s, the fastest a real scheduler stops gracefully with) or default (TTL 15 s).",
 )
 @click.option(
     "--overlap",

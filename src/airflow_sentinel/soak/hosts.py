@@ -99,6 +99,7 @@ class Network:
     count: int
     owner: int = field(default_factory=os.getpid)
     hosts: list[Host] = field(default_factory=list)
+    spare: Host | None = None  # a host with no node of its own: where clones appear
     subnet: ipaddress.IPv4Network | None = None
 
     @property
@@ -119,6 +120,7 @@ class Network:
         ip("link", "set", self.bridge, "up")
         for index in range(1, self.count + 1):
             self.hosts.append(self._add_host(index, prefix))
+        self.spare = self._add_host(self.count + 1, prefix)
         return self
 
     def _add_host(self, index: int, prefix: int) -> Host:

@@ -11,8 +11,9 @@ import contextlib
 import os
 import random
 import signal
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from airflow_sentinel.soak.nodes import Node
 from airflow_sentinel.soak.probe import boottime
@@ -26,6 +27,8 @@ PARTITION = "partition"
 RESTART_METASTORE = "restart-metastore"
 RESTART_CONTROLLER = "restart-controller"
 SWITCHOVER = "switchover"
+FREEZE_METASTORE = "freeze-metastore"
+DUPLICATE_NODE = "duplicate-node"
 KINDS = (
     KILL_CONTROLLER,
     KILL_SCHEDULER,
@@ -34,6 +37,8 @@ KINDS = (
     RESTART_METASTORE,
     RESTART_CONTROLLER,
     SWITCHOVER,
+    FREEZE_METASTORE,
+    DUPLICATE_NODE,
 )
 # A controller killed with kill -9 comes back after this, as systemd's RestartSec would.
 RESTART_DELAY = 1.0
@@ -43,7 +48,7 @@ def kinds_for(server: Server) -> tuple[str, ...]:
     """The faults that mean something for this metastore: SQLite has no server or wire."""
     if server.restartable:
         return KINDS
-    return tuple(k for k in KINDS if k not in (PARTITION, RESTART_METASTORE))
+    return tuple(k for k in KINDS if k not in (PARTITION, RESTART_METASTORE, FREEZE_METASTORE))
 
 
 @dataclass
@@ -64,6 +69,9 @@ class Nemesis:
     recorder: Recorder
     ttl: float
     rng: random.Random
+    # Makes a controller on the spare host that takes the given node's name (a clone).
+    clone_of: Callable[[Node], Node] | None = None
+    clones: list[Node] = field(default_factory=list)
 
     def pick(self, kind: str, busy: set[str]) -> Node:
         """The target: the node running the scheduler for kill-scheduler, else any."""
@@ -127,3 +135,36 @@ class Nemesis:
         if done.returncode:
             fault.ok, fault.detail = False, (done.stderr or done.stdout).strip()[-300:]
         return fault
+
+    def _freeze_metastore(self, node: Node) -> Injected:
+        hold = self.ttl * self.rng.uniform(1.25, 2.0)
+        fault = self._now(FREEZE_METASTORE, "metastore", hold, self.server.thaw)
+        self.server.freeze()
+        return fault
+
+    def _duplicate_node(self, node: Node) -> Injected:
+        """A clone of ``node`` (same host name, so the same node_id) starts on the spare
+        host. Half the time ``node`` is frozen first, past its TTL, so the clone takes the
+        name over and ``node`` comes back to a conflict; otherwise the clone meets a live
+        owner and must be refused. Healed by stopping the clone (and thawing ``node``)."""
+        if self.clone_of is None:
+            fault = self._now(DUPLICATE_NODE, node.name, 0, lambda: None)
+            fault.ok, fault.detail = False, "no spare host for a clone"
+            return fault
+        clone = self.clone_of(node)
+        self.clones.append(clone)
+        takeover = self.rng.random() < 0.5
+        hold = self.ttl * self.rng.uniform(1.5, 2.5)
+        fault = self._now(DUPLICATE_NODE, node.name, hold, lambda: self._end_clone(node, clone))
+        if takeover:
+            node.signal(signal.SIGSTOP)
+            time.sleep(self.ttl * 1.25)  # until its report is stale: the clone may claim it
+        clone.start()
+        fault.detail = "clone took the name over" if takeover else "clone met a live owner"
+        return fault
+
+    def _end_clone(self, node: Node, clone: Node) -> None:
+        node.signal(signal.SIGCONT)
+        time.sleep(self.ttl)  # the owner, back, meets the clone: it must keep out of the way
+        clone.stop(timeout=60)
+        self.clones.remove(clone)

@@ -13,24 +13,6 @@ from pathlib import Path
 from airflow_sentinel.process.linux import die_with_parent
 from airflow_sentinel.soak.hosts import Host
 
-# Timing profiles. "default" is the shipped defaults; "fast" the tightest the timing
-# invariants allow with a 1 s renewal (3 * 1 <= 4 and 2 * 1 + 1 + 0.4 <= 4).
-PROFILES: dict[str, dict[str, str]] = {
-    "default": {},
-    "fast": {
-        "lease_ttl": "4",
-        "renew_interval": "1",
-        "stop_timeout": "1",
-        "start_timeout": "1.5",
-        "cooldown": "60",
-    },
-}
-DEFAULT_TTL = 15.0
-
-
-def lease_ttl(profile: str) -> float:
-    return float(PROFILES[profile].get("lease_ttl", DEFAULT_TTL))
-
 
 def probe_command(recorder: Path) -> str:
     argv = [sys.executable, "-m", "airflow_sentinel.soak.probe", "--recorder", str(recorder)]

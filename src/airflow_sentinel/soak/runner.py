@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from airflow_sentinel.config.profiles import PROFILES, lease_ttl
 from airflow_sentinel.errors import SentinelError
 from airflow_sentinel.soak import hosts, servers
 from airflow_sentinel.soak.checker import Fault, Verdict, check
 from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, kinds_for
-from airflow_sentinel.soak.nodes import PROFILES, Node, lease_ttl, probe_command
+from airflow_sentinel.soak.nodes import Node, probe_command
 from airflow_sentinel.soak.probe import boottime
 from airflow_sentinel.soak.recorder import Recorder
 from airflow_sentinel.soak.servers import SERVERS, Server
@@ -34,7 +35,7 @@ class Plan:
     faults: int = 20
     duration: float | None = None  # seconds; stop early when it is reached
     seed: int = 0
-    profile: str = "fast"
+    profile: str = "lab"  # the probe exits in milliseconds: see config/profiles.py
     overlap: float = 0.0  # chance that a second fault joins the first
     kinds: tuple[str, ...] = KINDS
     each: int = 0  # > 0: exactly this many faults of each kind, shuffled (the short form)
@@ -109,6 +110,8 @@ class Soak:
     nodes: list[Node] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     stop: StopFlag = field(default_factory=StopFlag)
+    nemesis: Nemesis | None = None
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def ttl(self) -> float:
@@ -160,6 +163,8 @@ class Soak:
         settings = dict(PROFILES[self.plan.profile])
         settings["metastore"] = self.server.url
         settings["scheduler_command"] = probe_command(self.recorder.path)
+        settings["schema_gate"] = "off"  # the probe is not Airflow
+        self.settings = settings
         for host in self.network.hosts:
             node = Node(host, out / "nodes" / host.name, settings)
             self.stop.check()
@@ -169,8 +174,17 @@ class Soak:
             "%d hosts on %s, metastore %s", len(self.nodes), self.network.subnet, self.server.url
         )
 
+    def _clone_of(self, node: Node) -> Node:
+        """A controller on the spare host under ``node``'s host name (its node_id)."""
+        assert self.network is not None and self.network.spare is not None
+        spare = self.network.spare
+        host = hosts.Host(node.name, spare.netns, spare.address)
+        home = self.plan.out / "nodes" / f"clone-of-{node.name}-{len(self.faults)}"
+        return Node(host, home, self.settings)
+
     def _teardown(self) -> None:
-        for node in self.nodes:
+        clones = self.nemesis.clones if self.nemesis is not None else []
+        for node in [*clones, *self.nodes]:
             try:
                 node.stop(timeout=30)
             except Exception:
@@ -186,7 +200,10 @@ class Soak:
     def _inject_all(self) -> None:
         assert self.server is not None and self.recorder is not None
         rng = random.Random(self.plan.seed + 1)
-        nemesis = Nemesis(self.nodes, self.server, self.recorder, self.ttl, rng)
+        nemesis = Nemesis(
+            self.nodes, self.server, self.recorder, self.ttl, rng, clone_of=self._clone_of
+        )
+        self.nemesis = nemesis
         schedule = self.plan.schedule(kinds_for(self.server))
         deadline = None if self.plan.duration is None else time.monotonic() + self.plan.duration
         while schedule:

@@ -8,6 +8,7 @@ behind. The operator's own database servers are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+import psutil
 
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.process.linux import die_with_parent
@@ -94,6 +97,27 @@ class Server(ABC):
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and every process of it: it hangs, the kernel still accepts
+        its connections and acknowledges what is sent (a hung server, not a dead one)."""
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _tree(self) -> list[int]:
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root.pid, *(p.pid for p in root.children(recursive=True))]
+        except psutil.Error:
+            return []
 
     def close(self) -> None:
         self.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ class Controllers:
     store: Metastore
 
     def hold(self, run_id: str) -> None:
-        self.store.set_flag(HOLD, f"upgrade {run_id}")
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.store.set_flag(HOLD, f"upgrade {run_id} on {socket.gethostname()} since {since}")
 
     def release(self) -> None:
         self.store.set_flag(HOLD, None)

@@ -72,7 +72,7 @@ def problems(before: Facts, after: Facts) -> list[str]:
 def wait_for_heartbeat(airflow_db_url: str, since_wall: float, timeout: float) -> float:
     """Seconds until a scheduler started after ``since_wall`` heartbeats; UpgradeError if
     none does within ``timeout``."""
-    probe = JobTableProbe(airflow_db_url, 10.0)
+    probe = JobTableProbe(airflow_db_url, 10.0, any_scheduler=True)  # on any node
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         age = probe.age(since_wall, time.time())
