@@ -24,8 +24,8 @@ KEYS: tuple[Key, ...] = (
         "metastore",
         "str",
         "",
-        "Where leadership lives: sqlite:////ABSOLUTE/PATH, mysql+pymysql://USER:PASS@HOST/DB (MySQL and "
-        "MariaDB), postgresql+psycopg://USER:PASS@HOST/DB. Default: Airflow's own "
+        "Where leadership lives: sqlite:////ABSOLUTE/PATH, mysql+pymysql://USER:PASS@HOST/DB "
+        "(MySQL and MariaDB), postgresql+psycopg://USER:PASS@HOST/DB. Default: Airflow's own "
         "sql_alchemy_conn, in tables of our own (sentinel_*).",
     ),
     Key("scheduler_command", "str", "airflow scheduler", "Command that runs the scheduler."),
