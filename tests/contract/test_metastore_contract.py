@@ -334,6 +334,21 @@ def test_a_second_live_instance_of_a_node_id_is_refused_the_registry_row(
     assert first.heartbeat(mine, TTL) is None  # a stopped instance's row is free
 
 
+def test_a_restarted_controller_takes_its_dead_predecessors_row_at_once(
+    new_store: StoreFactory,
+) -> None:
+    store = new_store()
+    gone, me = dead("a"), live("a")
+    assert store.heartbeat(replace(_report("a"), instance=gone.token), TTL) is None
+    ours = replace(_report("a"), host="after-restart", instance=me.token)
+    assert store.heartbeat(ours, TTL, me) is None
+    (row,) = store.nodes()
+    assert (row.host, row.instance) == ("after-restart", me.token)
+    # A live twin proves nothing dead: it stays refused.
+    other = replace(_report("a"), host="clone", instance=twin("a").token)
+    assert store.heartbeat(other, TTL, twin("a")) == "after-restart"
+
+
 def test_event_log_is_newest_first_and_bounded(new_store: StoreFactory) -> None:
     store = new_store()
     for i in range(260):

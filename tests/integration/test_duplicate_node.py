@@ -93,6 +93,22 @@ def test_two_clones_started_together_run_one_scheduler_and_one_is_refused(
     assert cluster.overlaps() == []
 
 
+def test_a_controller_restarted_right_after_kill_9_is_not_taken_for_a_clone(
+    cluster: Cluster,
+) -> None:
+    first = start_clone(cluster, "host-1")
+    cluster.wait_for_one_scheduler(timeout=30)
+    epoch = cluster.epoch()
+    first.kill()  # as the OOM killer would; systemd starts it again at once
+    first.wait()
+    again = start_clone(cluster, "host-1")
+    cluster.wait_for_one_scheduler(timeout=30)
+    wait_until(lambda: cluster.epoch() > epoch, 30, "the lease taken back")
+    assert again.poll() is None, log_of(cluster, "host-1")
+    assert "instance_conflict" not in kinds(cluster)
+    assert cluster.overlaps() == []
+
+
 def test_a_clone_that_resumes_after_another_took_its_name_never_leads_again(
     cluster: Cluster,
 ) -> None:

@@ -617,7 +617,7 @@ class Controller:
             cooldown_left_s=round(left, 1) if left > 0 else None,
         )
         try:
-            conflict = self.store.heartbeat(report, stale_after=self.settings.lease_ttl)
+            conflict = self.store.heartbeat(report, self.settings.lease_ttl, self.instance)
         except MetastoreError as exc:
             log.warning("heartbeat not recorded: %s", exc, extra={"epoch": self.epoch})
             self._store_failed = True

@@ -154,10 +154,14 @@ class Metastore(ABC):
 
     # -- node registry -------------------------------------------------------------------
     @abstractmethod
-    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
+    def heartbeat(
+        self, report: NodeReport, stale_after: float, me: Instance | None = None
+    ) -> str | None:
         """Insert or update this node's row, unless another instance reports under the same
-        node_id and was heard from within ``stale_after`` seconds (and has not stopped): then
-        nothing is written and that instance's host is returned (a conflict)."""
+        node_id and was heard from within ``stale_after`` seconds (and has not stopped), and
+        ``me`` (the reporting instance, when given) cannot prove it dead: then nothing is
+        written and that instance's host is returned (a conflict). A controller restarted
+        after a crash thereby takes its dead predecessor's row at once."""
 
     @abstractmethod
     def nodes(self) -> list[NodeRecord]:

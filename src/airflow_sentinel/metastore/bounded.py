@@ -181,8 +181,10 @@ class BoundedMetastore(Metastore):
     def read_lease(self, service: str) -> LeaseRecord | None:
         return self._call("read-lease", lambda s: s.read_lease(service))
 
-    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
-        return self._call("heartbeat", lambda s: s.heartbeat(report, stale_after))
+    def heartbeat(
+        self, report: NodeReport, stale_after: float, me: Instance | None = None
+    ) -> str | None:
+        return self._call("heartbeat", lambda s: s.heartbeat(report, stale_after, me))
 
     def nodes(self) -> list[NodeRecord]:
         return self._call("nodes", lambda s: s.nodes())

@@ -365,7 +365,9 @@ class SqlMetastore(Metastore):
         )
 
     # -- node registry -------------------------------------------------------------------
-    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
+    def heartbeat(
+        self, report: NodeReport, stale_after: float, me: Instance | None = None
+    ) -> str | None:
         values = {
             "host": report.host,
             "role": report.role,
@@ -394,17 +396,30 @@ class SqlMetastore(Metastore):
             with self._engine.begin() as conn:
                 conn.execute(node_table.insert().values(node_id=report.node_id, **values))
         except IntegrityError:
-            return self._conflicting_host(report.node_id)
+            return self._claim_from_the_dead(report.node_id, values, me)
         except SQLAlchemyError as exc:
             raise MetastoreError(self._explain(exc)) from None
         return None
 
-    def _conflicting_host(self, node_id: str) -> str:
+    def _claim_from_the_dead(
+        self, node_id: str, values: dict[str, Any], me: Instance | None
+    ) -> str | None:
+        """Another instance's live-looking row: ours if ``me`` proves its instance dead
+        (compare-and-set on that instance), else a conflict naming its host."""
+        row = node_table.c
         with self._tx() as conn:
-            host = conn.execute(
-                sa.select(node_table.c.host).where(node_table.c.node_id == node_id)
-            ).scalar_one_or_none()
-        return str(host or "?")
+            other = conn.execute(
+                sa.select(row.host, row.instance).where(row.node_id == node_id)
+            ).one_or_none()
+            if other is None:
+                return None  # deleted meanwhile (clear-metadata): the next beat inserts it
+            if me is not None and me.proven_dead(other.instance):
+                taken = node_table.update().where(
+                    row.node_id == node_id, row.instance == other.instance
+                )
+                if conn.execute(taken.values(values)).rowcount == 1:
+                    return None
+        return str(other.host)
 
     def nodes(self) -> list[NodeRecord]:
         age = (self._now() - node_table.c.heartbeat_at).label("age")

@@ -413,7 +413,9 @@ class ZooKeeperMetastore(Metastore):
         )
 
     # -- node registry -------------------------------------------------------------------
-    def heartbeat(self, report: NodeReport, stale_after: float) -> str | None:
+    def heartbeat(
+        self, report: NodeReport, stale_after: float, me: Instance | None = None
+    ) -> str | None:
         path = self._path("nodes", report.node_id)
         data = json.dumps(report.__dict__).encode()
         found = self._get(path)
@@ -425,14 +427,15 @@ class ZooKeeperMetastore(Metastore):
             else:
                 return None
         if found is None:
-            return self.heartbeat(report, stale_after)  # deleted meanwhile (clear-metadata)
+            return self.heartbeat(report, stale_after, me)  # deleted meanwhile
         other, stat = json.loads(found[0]), found[1]
-        if self._another_live_instance(report, other, stat, stale_after):
+        gone = me is not None and me.proven_dead(other.get("instance"))
+        if not gone and self._another_live_instance(report, other, stat, stale_after):
             return str(other.get("host", "?"))
         try:
             self._wait(self._client.set_async(path, data, version=stat.version))
         except (BadVersionError, NoNodeError):
-            return self.heartbeat(report, stale_after)  # raced with the other writer: look again
+            return self.heartbeat(report, stale_after, me)  # raced another writer: look again
         return None
 
     def _another_live_instance(
