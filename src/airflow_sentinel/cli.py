@@ -22,7 +22,11 @@ from airflow_sentinel import __version__
 from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
 from airflow_sentinel.clock import SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
-from airflow_sentinel.config.airflow_cfg import add_sentinel_section, load_airflow_config
+from airflow_sentinel.config.airflow_cfg import (
+    add_sentinel_section,
+    create_airflow_home,
+    load_airflow_config,
+)
 from airflow_sentinel.errors import (
     ConfigError,
     MetastoreError,
@@ -131,10 +135,15 @@ def version() -> None:
 def init() -> None:
     """Add a commented [sentinel] section with every key and its default to airflow.cfg."""
     config = load_airflow_config()
-    folder_existed = config.path.parent.is_dir()  # Airflow, too, creates a missing one
+    # Airflow, too, creates what is missing; every other command refuses a missing AIRFLOW_HOME.
+    created = [str(config.home)] if create_airflow_home(config) else []
+    if not config.path.parent.is_dir():
+        created.append(str(config.path.parent))
     if add_sentinel_section(config):
-        created = "" if folder_existed else f"created {config.path.parent} and "
-        click.echo(f"{created}added a [sentinel] section to {config.path}")
+        made = f"created {', '.join(created)} and " if created else ""
+        click.echo(f"{made}added a [sentinel] section to {config.path}")
+    elif created:
+        click.echo(f"created {', '.join(created)}; {config.path} already has a [sentinel] section")
     else:
         click.echo(f"{config.path} already has a [sentinel] section; nothing changed")
 

@@ -254,6 +254,7 @@ MISTAKES = (
         ("AIRFLOW__SENTINEL__SCHEDULER_COMMAND", "closing quotation"),
         env={"AIRFLOW__SENTINEL__SCHEDULER_COMMAND": 'airflow "scheduler'},
     ),
+    Mistake("node-id-with-a-slash", ("--node-id", "'a/b'", "'/'"), args=("--node-id", "a/b")),
     Mistake(
         "relative-sqlite-metastore",
         ("AIRFLOW__SENTINEL__METASTORE", "relative.db", "absolute", "sqlite:////"),
@@ -525,6 +526,39 @@ def test_init_creates_a_missing_airflow_home_and_says_so(cli: Cli, tmp_path: Pat
 def test_init_refuses_an_airflow_config_that_is_a_directory(cli: Cli) -> None:
     result = cli.run("init", env={"AIRFLOW_CONFIG": str(cli.home)})
     assert_user_error(result, "AIRFLOW_CONFIG", str(cli.home), "directory")
+
+
+def test_init_with_airflow_config_elsewhere_still_creates_a_missing_airflow_home(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # Every other command refuses a missing AIRFLOW_HOME and says `init` creates it.
+    home, cfg = tmp_path / "new-home", tmp_path / "etc" / "airflow.cfg"
+    env = {"AIRFLOW_HOME": str(home), "AIRFLOW_CONFIG": str(cfg)}
+    result = cli.run("init", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"created {home}, {cfg.parent} and added a [sentinel] section to {cfg}\n"
+    )
+    status = cli.run("status", "--json", "--metastore", f"sqlite:///{tmp_path / 'm.db'}", env=env)
+    assert status.returncode == 0, status.stderr
+
+
+@pytest.mark.parametrize("existing", [None, "[core]\nexecutor = LocalExecutor\n"])
+def test_init_without_write_permission_names_the_file(cli: Cli, existing: str | None) -> None:
+    cfg = cli.home / "airflow.cfg"
+    if existing is not None:
+        cfg.write_text(existing, encoding="utf-8")
+        cfg.chmod(0o444)
+    cli.home.chmod(0o555)
+    try:
+        result = run_unprivileged(cli, "init")
+    finally:
+        cli.home.chmod(0o755)
+    assert_user_error(result, str(cfg), "cannot be written", "Permission denied")
+    if existing is None:
+        assert not cfg.exists()
+    else:
+        assert cfg.read_text(encoding="utf-8") == existing
 
 
 # -- unreachable metastore and passwords -----------------------------------------------------

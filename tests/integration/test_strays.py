@@ -28,6 +28,7 @@ from airflow_sentinel.controller.health import this_host_names
 from airflow_sentinel.metastore.base import EventRecord
 from airflow_sentinel.process.guard import RunOwner
 from tests.support.cluster import FAKE_SCHEDULER, Cluster, running_cluster, wait_until
+from tests.support.instances import dead
 from tests.support.privileges import SYSTEM_PYTHON, drop_capabilities, system_user
 from tests.support.real_airflow import (
     Installation,
@@ -310,7 +311,7 @@ def test_another_users_strays_are_reported_once_by_a_controller_that_may_not_sig
         # Under a guard of node a for our installation, left by an earlier controller:
         # ours, on the guard's word, and not ours to signal.
         home = str(cluster.root / "home")
-        earlier = RunOwner("a", "an-earlier-controller", home, f"{home}/airflow.cfg")
+        earlier = RunOwner("a", dead("a").token, home, f"{home}/airflow.cfg")
         guard, guarded = guard_as(other, earlier, [*shlex.split(command), "--stray"], by_hand_env)
         try:
             start_without_privileges(cluster, "a", command)

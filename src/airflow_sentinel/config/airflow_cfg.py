@@ -234,6 +234,20 @@ def _wrap(text: str, width: int = 88) -> list[str]:
     return [*lines, line] if line else lines
 
 
+def create_airflow_home(config: AirflowConfig) -> bool:
+    """Create a missing AIRFLOW_HOME, as Airflow does; True when it was created.
+
+    Only `init` calls this: every other command refuses a missing AIRFLOW_HOME.
+    """
+    if config.home.is_dir():
+        return False
+    try:
+        config.home.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"AIRFLOW_HOME {config.home} cannot be created: {exc.strerror}") from None
+    return True
+
+
 def add_sentinel_section(config: AirflowConfig) -> bool:
     """Append the section to airflow.cfg, leaving every existing byte as it was.
 
@@ -241,13 +255,20 @@ def add_sentinel_section(config: AirflowConfig) -> bool:
     """
     if config.parser.has_section(SECTION):
         return False
-    config.path.parent.mkdir(parents=True, exist_ok=True)
-    existing = config.path.read_bytes() if config.path.exists() else b""
-    separator = b"" if not existing or existing.endswith(b"\n") else b"\n"
-    if not config.path.exists():
-        # airflow.cfg usually holds database passwords: owner-only from the start.
-        config.path.touch(mode=0o600)
-    with config.path.open("ab") as handle:
-        handle.write(separator + sentinel_section_text().encode("utf-8"))
+    try:
+        _append_section(config.path)
+    except OSError as exc:
+        raise UserError(f"{config.path} cannot be written: {exc.strerror}") from None
     config.parser.add_section(SECTION)
     return True
+
+
+def _append_section(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_bytes() if path.exists() else b""
+    separator = b"" if not existing or existing.endswith(b"\n") else b"\n"
+    if not path.exists():
+        # airflow.cfg usually holds database passwords: owner-only from the start.
+        path.touch(mode=0o600)
+    with path.open("ab") as handle:
+        handle.write(separator + sentinel_section_text().encode("utf-8"))

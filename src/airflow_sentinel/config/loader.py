@@ -22,6 +22,7 @@ from airflow_sentinel.errors import ConfigError, UserError
 from airflow_sentinel.metastore.urls import normalize_metastore_url
 
 ENV_PREFIX = "AIRFLOW__SENTINEL__"
+NODE_ID_MAX_LENGTH = 255  # the width of the metastores' node_id columns
 
 
 def load_settings(
@@ -41,9 +42,7 @@ def load_settings(
         if parsed is not None:
             values[key.name] = parsed
     metastore = _metastore(raw.get("metastore", ("", ""))[0].strip(), raw, cfg, problems)
-    command_problem = scheduler_command_problem(values["scheduler_command"])
-    if command_problem:
-        problems.append(f"{_origin(raw, 'scheduler_command')}: {command_problem}")
+    problems.extend(_string_problems(values, raw))
     if len(values) == len(KEYS):  # the invariants need every timing value parsed
         problems.extend(timing_problems(values))
     if problems:
@@ -97,6 +96,24 @@ def _metastore(
     except ValueError as exc:
         problems.append(f"{origin}: {exc}")
         return url
+
+
+def _string_problems(values: dict[str, Any], raw: dict[str, tuple[str, str]]) -> list[str]:
+    """What is wrong with the free-text keys, each named by where its value came from."""
+    found = {
+        "node_id": _node_id_problem(values["node_id"]),
+        "scheduler_command": scheduler_command_problem(values["scheduler_command"]),
+    }
+    return [f"{_origin(raw, name)}: {problem}" for name, problem in found.items() if problem]
+
+
+def _node_id_problem(node_id: str) -> str | None:
+    """A node_id names a znode, a database row and the lock file in AIRFLOW_HOME."""
+    if "/" in node_id or node_id in (".", ".."):
+        return f"'{node_id}' must not contain '/' nor be '.' or '..'"
+    if len(node_id) > NODE_ID_MAX_LENGTH:
+        return f"must be at most {NODE_ID_MAX_LENGTH} characters, got {len(node_id)}"
+    return None
 
 
 def _origin(raw: dict[str, tuple[str, str]], name: str) -> str:
