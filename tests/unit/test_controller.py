@@ -18,6 +18,7 @@ from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
+from tests.support.instances import twin
 
 NEVER_MATCHES = "no-such-scheduler-binary-7f3a run"
 
@@ -421,7 +422,7 @@ def test_a_second_instance_of_our_node_id_stands_down_and_never_leads(
     first.tick()
     assert role_of(first) is Role.ACTIVE
     second, second_launcher = make(settings, store, clock)
-    second.instance = replace(first.instance, pid=first.instance.pid + 1, host="clone")
+    second.instance = replace(twin("a"), host="clone")
     assert second.claim_node() == "h/1"  # refused at start: the first one owns the row
     assert "conflict:a" not in store.flags()  # a refused start leaves no flag behind
     for _ in range(3):
@@ -439,7 +440,7 @@ def test_an_instance_that_lost_its_row_while_silent_stands_down(
     controller, launcher = make(settings, store, clock)
     controller.tick()
     assert role_of(controller) is Role.ACTIVE
-    clone = replace(controller.instance, pid=controller.instance.pid + 1, host="clone")
+    clone = replace(twin("a"), host="clone")
     conflict = store.heartbeat(
         NodeReport("a", "clone/1", "standby", False, None, True, "x", None, clone.token),
         stale_after=0.0,  # as if the controller had been silent past the TTL

@@ -534,7 +534,7 @@ class Controller:
                 level = logging.WARNING
                 detail += (
                     f"; killed: it did not exit within stop_timeout ({stop.grace:g}s) after "
-                    "SIGTERM (a real Airflow scheduler needs about 3s; raise stop_timeout)"
+                    "SIGTERM (a real Airflow scheduler needs 1 to 3s; raise stop_timeout)"
                 )
             else:
                 detail += f"; stopped {took:.1f}s after SIGTERM"
