@@ -80,7 +80,8 @@ KEYS: tuple[Key, ...] = (
         "stray_action",
         "choice",
         "kill",
-        "What to do with a scheduler on this node that the controller did not start: "
+        "What to do with a scheduler of this installation on this host that no controller "
+        "runs (schedulers of other installations are never touched): "
         "kill it, or only report it.",
         choices=("kill", "report"),
     ),
