@@ -46,6 +46,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
+from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE
 
 from airflow_sentinel.clock import Clock
@@ -66,6 +67,7 @@ from airflow_sentinel.metastore.urls import ZooKeeperUrl, parse_zookeeper_url, s
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 50
+RECONNECT_MAX_DELAY = 1.0
 NODE_FIELDS = frozenset(f.name for f in fields(NodeReport))
 UNREACHABLE = (KazooException, KazooTimeoutError)
 
@@ -183,6 +185,11 @@ class ZooKeeperMetastore(Metastore):
             auth_data=[("digest", auth)] if auth else None,
             default_acl=CREATOR_ALL_ACL if auth else OPEN_ACL_UNSAFE,
             logger=self._kazoo_log,
+            # kazoo's default waits up to an hour between reconnects after a long outage;
+            # a controller must be back within about a second of the ensemble.
+            connection_retry=KazooRetry(
+                max_tries=-1, delay=0.1, backoff=2, max_jitter=0.2, max_delay=RECONNECT_MAX_DELAY
+            ),
         )
         self._closing = False
         self._client.add_listener(self._on_state)
