@@ -160,12 +160,13 @@ def test_a_foreign_installations_scheduler_lives_and_our_own_stray_dies(
 # -- (b) several controllers on one host ---------------------------------------------------
 @pytest.mark.airflow
 def test_controllers_sharing_a_host_never_kill_each_others_scheduler(
-    airflow: tuple[str, Path], tmp_path: Path
+    airflow: tuple[str, Path], tmp_path: Path, metastore_url: str
 ) -> None:
     version, venv = airflow
     with real_cluster(tmp_path) as cluster:
         ours = sqlite_installation(version, venv, cluster.root / "home")
         configure(cluster, ours)
+        cluster.metastore_url = metastore_url  # every metastore; Airflow's database is SQLite
         with MostSchedulers(ours.home) as sampler:
             cluster.start("a", command=ours.scheduler_command)
             wait_until(lambda: cluster.active() == "a", 60, "a to lead")
