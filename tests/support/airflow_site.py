@@ -283,6 +283,9 @@ class Site:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.close()
+            # Shown by pytest only when the test fails: what the controller saw and did.
+            tail = (self.base / "controller.log").read_text(errors="replace")[-6000:]
+            sys.stderr.write(f"===== controller.log (end)\n{tail}\n")
 
     def newest_scheduler_heartbeat(self) -> str | None:
         url = self.db_url.replace("+psycopg2", "+psycopg")
