@@ -28,6 +28,7 @@ from tests.support.cluster import FAST, Cluster, running_cluster, wait_until
 PROFILES = {
     "default": {"lease_ttl": "15", "renew_interval": "3", "stop_timeout": "5"},
     "fast": {k: v for k, v in SHIPPED["fast"].items() if k != "cooldown"},
+    "lab": {k: v for k, v in SHIPPED["lab"].items() if k != "cooldown"},
 }
 FAULTS = ("scheduler killed", "active controller killed", "active controller frozen", "switchover")
 NODES = ("a", "b", "c")
