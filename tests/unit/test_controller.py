@@ -461,7 +461,13 @@ def test_a_reload_applies_new_timing_and_a_bad_file_keeps_the_old(
     settings: Settings, store: FlakyStore, clock: FakeClock
 ) -> None:
     results: list[Settings | Exception] = [
-        replace(settings, lease_ttl=30.0, renew_interval=5.0, node_id="renamed"),
+        replace(
+            settings,
+            lease_ttl=30.0,
+            renew_interval=5.0,
+            node_id="renamed",
+            health_check="heartbeat",
+        ),
         ConfigError(["lease_ttl: 'x' is not a number of seconds"]),
     ]
 
@@ -478,6 +484,8 @@ def test_a_reload_applies_new_timing_and_a_bad_file_keeps_the_old(
     assert controller.settings.lease_ttl == 30.0
     assert controller.timing.lease_ttl == 30.0
     assert controller.settings.node_id == "a"  # fixed until a restart
+    assert controller.settings.health_check == "process"  # its probe is built at start
+    assert not controller.timing.heartbeat_mode
     controller._reload_requested = True
     controller._reload_settings()
     assert controller.settings.lease_ttl == 30.0

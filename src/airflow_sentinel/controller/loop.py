@@ -62,8 +62,18 @@ log = logging.getLogger("airflow_sentinel.controller")
 SERVICE = "scheduler"
 # Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
 KILL_WAIT = 10.0
-# Settings a reload cannot change in a running controller.
-FIXED_ON_RELOAD = ("node_id", "metastore", "airflow_home", "airflow_cfg")
+# Settings a reload cannot change in a running controller: its identity and store, and what
+# the heartbeat probe and the schema gate were built for at start (a probe that is not
+# there would make every start look failed).
+FIXED_ON_RELOAD = (
+    "node_id",
+    "metastore",
+    "airflow_home",
+    "airflow_cfg",
+    "health_check",
+    "schema_gate",
+    "scheduler_command",
+)
 
 
 class StartGate(Protocol):
