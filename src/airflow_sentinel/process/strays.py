@@ -335,6 +335,12 @@ def _environment(proc: psutil.Process) -> dict[str, str] | None:
     return env or None  # nothing but zeros: erased by setproctitle
 
 
+@functools.cache
+def _this_controller() -> Instance:
+    """Read once: only its boot and PID namespace are used, and they never change."""
+    return Instance.of_this_process("")
+
+
 def _guard_above(proc: psutil.Process) -> GuardMark | None:
     try:
         parents = proc.parents()
@@ -347,7 +353,7 @@ def _guard_above(proc: psutil.Process) -> GuardMark | None:
             continue
         if is_guard(cmdline):
             owner = owner_of(cmdline)
-            gone = owner is not None and Instance.of_this_process("").proven_dead(owner.instance)
+            gone = owner is not None and _this_controller().proven_dead(owner.instance)
             return GuardMark(owner, owner_gone=gone)
     return None
 
