@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,35 @@ def _wait_for_first_fault(run: subprocess.Popen[str]) -> list[str]:
         if not line and run.poll() is not None:
             break
     raise AssertionError("the soak injected no fault:\n" + "".join(seen))
+
+
+def test_soaks_started_together_get_subnets_of_their_own() -> None:
+    """Two soaks that look for a free subnet at the same moment must not both take it:
+    their bridges would carry one address and route each other's metastore."""
+    # Owners above pid_max: never a live process, so nothing else is named after them.
+    owners = [9_000_000 + os.getpid() % 1_000_000, 9_100_000 + os.getpid() % 1_000_000]
+    networks = [hosts.Network(count=1, owner=owner) for owner in owners]
+    start = threading.Barrier(len(networks))
+    failures: list[BaseException] = []
+
+    def create(network: hosts.Network) -> None:
+        start.wait()
+        try:
+            network.create()
+        except BaseException as error:  # reported below, in the test's own thread
+            failures.append(error)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in networks]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures
+        assert networks[0].subnet != networks[1].subnet
+    finally:
+        for network in networks:
+            network.destroy()
 
 
 def test_ctrl_c_stops_the_soak_cleans_up_and_still_reports(tmp_path: Path) -> None:

@@ -10,13 +10,16 @@ so the node sees silence, as in a real partition, not a polite error.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from airflow_sentinel.errors import UserError
 
@@ -24,6 +27,9 @@ log = logging.getLogger(__name__)
 PREFIX = "snk"
 _NAME = re.compile(rf"^{PREFIX}(\d+)")
 CUT_TABLE = "sentinel_soak_cut"
+# Held from choosing a subnet until the bridge carries it: soaks started together
+# would otherwise pick the same free subnet and route each other's packets.
+SUBNET_LOCK = Path("/run/lock/airflow-sentinel-soak-subnet.lock")
 
 
 def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
@@ -113,10 +119,11 @@ class Network:
         return str(self.subnet.network_address + 1)
 
     def create(self) -> Network:
-        self.subnet = free_subnet()
-        prefix = self.subnet.prefixlen
-        ip("link", "add", "name", self.bridge, "type", "bridge")
-        ip("addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
+        with subnet_lock():
+            self.subnet = free_subnet()
+            prefix = self.subnet.prefixlen
+            ip("link", "add", "name", self.bridge, "type", "bridge")
+            ip("addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for index in range(1, self.count + 1):
             self.hosts.append(self._add_host(index, prefix))
@@ -141,6 +148,17 @@ class Network:
 
     def destroy(self) -> None:
         remove_owned_by(self.owner)
+
+
+@contextlib.contextmanager
+def subnet_lock(path: Path = SUBNET_LOCK) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_subnet() -> ipaddress.IPv4Network:
