@@ -16,9 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
-from airflow_sentinel.airflow_env import build_venv
+from airflow_sentinel.airflow_env import build_venv, ensure_airflow_venv
 from airflow_sentinel.airflow_schema import expected_head, installed_version
+from airflow_sentinel.upgrade import sqlite_migration
+from airflow_sentinel.upgrade.databases import open_database
+from airflow_sentinel.upgrade.installation import AirflowEnv
 from airflow_sentinel.upgrade.journal import Journal
+from airflow_sentinel.upgrade.survival import compare
 from tests.support.airflow_site import OLD_EXTRAS, Site
 from tests.support.cluster import wait_until
 
@@ -112,6 +116,8 @@ def save_timings(site: Site, name: str, run: dict[str, Any]) -> None:
 
 # -- the real upgrade -----------------------------------------------------------------------
 def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) -> None:
+    work = site.work()
+    assert len(work["task_instance"]) == 6 and len(work["xcom"]) >= 4  # there is work to lose
     with site.controller():
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
         done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240")
@@ -133,8 +139,14 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert conn[0]["host"] == "db.example"
         assert "42" in site.airflow("variables", "get", "sentinel_var")
         assert "sentinel_pool" in site.airflow("pools", "get", "sentinel_pool")
-        rows = site.table_rows()
-        assert any("success" in map(str, r) for r in rows["dag_run"])
+        # Every finished run, task instance, XCom and rendered template, compared by key
+        # (on SQLite, Airflow 3's own migration deletes them with the rebuilt dag_run).
+        assert site.work() == work
+        migrated = next(s for s in run["steps"] if s["name"] == "migrate")
+        assert "rows of all" in migrated["detail"] and "tables survived" in migrated["detail"]
+        survived = "\n".join(run["facts"]["survival"])
+        print(f"\n{site.backend} survival check:\n{survived}")
+        assert "task_instance: 6 -> 6" in survived
 
         # Configuration: carried, moved, dropped, kept; ours verbatim; still owner-only.
         cfg = (site.home / "airflow.cfg").read_text()
@@ -153,6 +165,29 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert folder.stat().st_mode & 0o777 == 0o700
         for path in (folder / "backup").iterdir():
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_airflow_3s_own_migration_loses_work_on_sqlite_and_ours_does_not(site: Site) -> None:
+    """Why the SQLite migration runs with foreign keys off: with Airflow's plain
+    `airflow db migrate`, the rebuild of dag_run takes the rows that reference it along,
+    and the survival check names them. PostgreSQL alters in place and loses nothing."""
+    database = open_database(site.db_url)
+    before = database.row_counts()
+    target = AirflowEnv(ensure_airflow_venv(NEW, extras=OLD_EXTRAS))  # the site's drivers
+    target.run(["db", "migrate"], site.home, timeout=1800)
+    plain = compare(before, database.row_counts(), OLD, NEW)
+    if site.backend != "sqlite":
+        assert plain.ok, plain.losses
+        return
+    lost = {line.split(":")[0] for line in plain.losses}
+    assert {"task_instance", "xcom", "rendered_task_instance_fields"} <= lost, plain.losses
+
+    site.restore()
+    target.run(["db", "migrate"], site.home, timeout=1800, bootstrap=sqlite_migration.BOOTSTRAP)
+    ours = compare(before, database.row_counts(), OLD, NEW)
+    assert ours.ok, ours.losses
+    assert sqlite_migration.broken_references(site.home / "airflow.db") == []
+    assert site.revision() == expected_head(target.path)
 
 
 def _json_tail(out: str) -> str:

@@ -40,6 +40,27 @@ with DAG("sentinel_{name}", schedule=None, start_date=pendulum.datetime(2024, 1,
          catchup=False, tags=["sentinel"]):
     EmptyOperator(task_id="one") >> EmptyOperator(task_id="two")
 """
+XCOM_DAG = """
+import pendulum
+try:
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:
+    from airflow.operators.python import PythonOperator
+from airflow import DAG
+
+with DAG("sentinel_xcom", schedule=None, start_date=pendulum.datetime(2024, 1, 1),
+         catchup=False, tags=["sentinel"]):
+    PythonOperator(task_id="push", python_callable=lambda: {"rows": 3}) >> PythonOperator(
+        task_id="pull", python_callable=lambda ti: ti.xcom_pull(task_ids="push")["rows"]
+    )
+"""
+# Finished work whose rows must survive a migration, keyed by columns every version has.
+WORK_KEYS = {
+    "dag_run": ("dag_id", "run_id", "state"),
+    "task_instance": ("dag_id", "task_id", "run_id", "map_index", "state"),
+    "xcom": ("dag_id", "task_id", "run_id", "key"),
+    "rendered_task_instance_fields": ("dag_id", "task_id", "run_id"),
+}
 BROKEN = """
 from airflow import DAG  # an import error from before the upgrade: it must stay the only one
 import not_a_module_anywhere
@@ -143,6 +164,7 @@ class Site:
         (self.home / "dags").mkdir(exist_ok=True)
         for name in ("alpha", "beta", "gamma"):
             (self.home / "dags" / f"{name}.py").write_text(DAG.format(name=name))
+        (self.home / "dags" / "xcom.py").write_text(XCOM_DAG)
         (self.home / "dags" / "broken.py").write_text(BROKEN)
         (self.home / "plugins").mkdir(exist_ok=True)
         (self.home / "plugins" / "sentinel_plugin.py").write_text(PLUGIN)
@@ -157,6 +179,8 @@ class Site:
         self.airflow("variables", "set", "sentinel_var", '{"answer": 42}')
         self.airflow("pools", "set", "sentinel_pool", "3", "upgrade test pool")
         self.airflow("dags", "test", "sentinel_alpha", "2024-01-02")
+        for day in ("2024-01-02", "2024-01-03"):
+            self.airflow("dags", "test", "sentinel_xcom", day)
         self._snapshot()
 
     def _customise_config(self) -> None:
@@ -250,6 +274,18 @@ class Site:
                 query = sa.select(sa.text("*")).select_from(sa.table(table))  # quoted name
                 rows = conn.execute(query).fetchall()
                 found[table] = sorted((tuple(r) for r in rows), key=repr)
+        engine.dispose()
+        return found
+
+    def work(self) -> dict[str, list[tuple[str, ...]]]:
+        """The finished work (runs, task instances, XComs, rendered fields), by key."""
+        url = self.db_url.replace("+psycopg2", "+psycopg")
+        engine = sa.create_engine(url)
+        found: dict[str, list[tuple[str, ...]]] = {}
+        with engine.connect() as conn:
+            for table, columns in WORK_KEYS.items():
+                query = sa.text(f"SELECT {', '.join(columns)} FROM {table}")  # our names
+                found[table] = sorted((tuple(map(str, r)) for r in conn.execute(query)), key=repr)
         engine.dispose()
         return found
 

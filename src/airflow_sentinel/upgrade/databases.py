@@ -70,8 +70,10 @@ class Database(ABC):
             engine.dispose()
         return sorted(n for n in names if not n.startswith(OWN_PREFIX))
 
-    def row_counts(self, tables: tuple[str, ...] = WORK_TABLES) -> dict[str, int]:
+    def row_counts(self, tables: tuple[str, ...] | None = None) -> dict[str, int]:
+        """Rows per table: of ``tables`` where present, or of every Airflow table."""
         present = set(self.tables())
+        tables = tuple(sorted(present)) if tables is None else tables
         engine = self.engine()
         try:
             with engine.connect() as conn:

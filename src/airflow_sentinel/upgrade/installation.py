@@ -97,10 +97,16 @@ class AirflowEnv:
         secret_url: str = "",
         extra_env: dict[str, str] | None = None,
         accept: tuple[int, ...] = (0,),
+        bootstrap: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run this environment's `airflow` for AIRFLOW_HOME ``home``; an error is one line."""
+        """Run this environment's `airflow` for AIRFLOW_HOME ``home``; an error is one line.
+
+        ``bootstrap``: Python source that this environment's interpreter runs instead of
+        the `airflow` script, with ``args`` as its arguments (it ends by calling Airflow).
+        """
+        program = [str(self.airflow)] if bootstrap is None else [str(self.python), "-c", bootstrap]
         done = subprocess.run(
-            [str(self.airflow), *args],
+            [*program, *args],
             env={**airflow_environ(home), **(extra_env or {})},
             capture_output=True,
             text=True,

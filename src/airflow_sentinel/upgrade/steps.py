@@ -13,8 +13,8 @@ from typing import Any
 
 from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
 from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
-from airflow_sentinel.upgrade import configure, files, verify
-from airflow_sentinel.upgrade.databases import Database
+from airflow_sentinel.upgrade import configure, files, sqlite_migration, survival, verify
+from airflow_sentinel.upgrade.databases import Database, SqliteDatabase
 from airflow_sentinel.upgrade.installation import AirflowEnv, Installation, UpgradeError
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run
 from airflow_sentinel.upgrade.services import Controllers, LocalServices
@@ -127,7 +127,7 @@ def backup(ctx: Context) -> str:
     saved.append("packages.txt")
     if ctx.leader:
         ctx.database.backup(ctx.db_backup)
-        ctx.run.facts["row_counts"] = ctx.database.row_counts()
+        ctx.run.facts["row_counts"] = ctx.database.row_counts()  # every table
         ctx.run.facts["db_revision"] = database_revision(ctx.installation.db_url)
         saved.append(f"{ctx.db_backup.name} ({ctx.db_backup.stat().st_size} bytes)")
     return ", ".join(saved)
@@ -221,14 +221,41 @@ def migrate(ctx: Context) -> str:
     version = ctx.run.to_version
     major_minor = tuple(int(p) for p in version.split(".")[:2])
     command = ["db", "migrate"] if major_minor >= (2, 7) else ["db", "upgrade"]
-    ctx.new_env.run(command, ctx.home, timeout=3600, secret_url=ctx.installation.db_url)
+    sqlite = ctx.database if isinstance(ctx.database, SqliteDatabase) else None
+    ctx.new_env.run(
+        command,
+        ctx.home,
+        timeout=3600,
+        secret_url=ctx.installation.db_url,
+        bootstrap=sqlite_migration.BOOTSTRAP if sqlite else None,
+    )
     wanted = expected_head(ctx.new_env.path)
     actual = database_revision(ctx.installation.db_url)
     if wanted is not None and actual != wanted:
         raise UpgradeError(
             f"migration incomplete: database at {actual}, Airflow {version} expects {wanted}"
         )
-    return f"airflow {' '.join(command)}; schema at {actual}"
+    if sqlite is not None:
+        broken = sqlite_migration.broken_references(sqlite.path)
+        if broken:
+            raise UpgradeError(f"rows refer to rows that are gone: {'; '.join(broken)}")
+    survived = _check_survival(ctx)
+    return f"airflow {' '.join(command)}; schema at {actual}; {survived}"
+
+
+def _check_survival(ctx: Context) -> str:
+    """Every table's rows in the migrated database, against the backup's counts."""
+    before = ctx.run.facts["row_counts"]
+    result = survival.compare(
+        before, ctx.database.row_counts(), ctx.run.from_version, ctx.run.to_version
+    )
+    report = ctx.folder / "survival.txt"
+    _private_write(report, "\n".join(result.lines) + "\n")
+    ctx.run.facts["survival"] = result.lines
+    line = survival.summary(result, len(before))
+    if not result.ok:
+        raise UpgradeError(f"{line} (all tables in {report})")
+    return line
 
 
 def switch(ctx: Context) -> str:
