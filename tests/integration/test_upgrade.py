@@ -151,6 +151,7 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         # Configuration: carried, moved, dropped, kept; ours verbatim; still owner-only.
         cfg = (site.home / "airflow.cfg").read_text()
         assert "\nparallelism = 7\n" in cfg
+        assert "\nmax_active_tasks_per_dag = 5\n" in cfg and "dag_concurrency" not in cfg
         assert "\nmetrics_allow_list = scheduler,executor\n" in cfg
         assert _section_of(cfg, "instance_name = Sentinel upgrade test") == "api"
         assert "\ncheck_slas = " not in cfg
@@ -160,6 +161,9 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         report = Path(run["facts"]["config_report"]).read_text()
         assert "[webserver] instance_name -> [api] instance_name" in report
         assert "[core] check_slas" in report
+        assert "[core] dag_concurrency and [core] max_active_tasks_per_dag differ" in report
+        assert "airflow config lint:" in report
+        assert "`check_slas`" not in report  # the lint read the new file, not the old one
         # Backups are the owner's alone.
         folder = site.home / "upgrades" / str(run["id"])
         assert folder.stat().st_mode & 0o777 == 0o700

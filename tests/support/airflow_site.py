@@ -78,6 +78,7 @@ CUSTOM = {
     ("core", "load_examples"): "False",
     ("core", "parallelism"): "7",
     ("core", "max_active_tasks_per_dag"): "5",
+    ("core", "dag_concurrency"): "9",  # its old name, set too: 2.10 reads the new one (5)
     ("core", "dags_are_paused_at_creation"): "False",
     ("webserver", "instance_name"): "Sentinel upgrade test",  # -> [api] instance_name
     ("metrics", "statsd_allow_list"): "scheduler,executor",  # -> metrics_allow_list

@@ -97,6 +97,47 @@ def test_only_changed_options_are_carried_renamed_or_dropped_and_all_are_reporte
     assert "Ours" not in "\n".join(report.lines())  # values may be secrets: names only
 
 
+CONCURRENCY = (("core", "dag_concurrency"), ("core", "max_active_tasks_per_dag"))
+
+
+@pytest.mark.parametrize("order", ["old name first", "new name first"])
+def test_both_names_set_carry_the_value_the_old_version_read(order: str) -> None:
+    """2.10 knows both names and reads the new one: with max_active_tasks_per_dag = 16 and
+    dag_concurrency = 9 it runs with 16, and so must the target."""
+    lines = ["dag_concurrency = 9", "max_active_tasks_per_dag = 16"]
+    if order == "new name first":
+        lines.reverse()
+    old = _cfg("[core]\n" + "\n".join(lines) + "\n")
+    maps = Maps(renames=dict([CONCURRENCY]))
+    text, report = carry_over(old, {}, "[core]\n", maps, {}, old_renames=dict([CONCURRENCY]))
+    assert _cfg(text).get("core", "max_active_tasks_per_dag") == "16"
+    assert not _cfg(text).has_option("core", "dag_concurrency")
+    assert report.conflicts == [
+        "[core] dag_concurrency and [core] max_active_tasks_per_dag differ: carried the "
+        "value of [core] max_active_tasks_per_dag, the one the old version used"
+    ]
+    assert report.renamed == [] and "16" not in "\n".join(report.lines())
+    assert "1 conflicting pair(s)" in report.summary()
+
+
+def test_a_new_name_the_old_version_did_not_know_loses_to_the_old_name() -> None:
+    """[api] instance_name is new in 3.0: 2.10 read [webserver] instance_name."""
+    old = _cfg("[webserver]\ninstance_name = Used\n[api]\ninstance_name = Ignored\n")
+    text, report = carry_over(old, {}, "[api]\n", MAPS, {}, old_renames={})
+    assert _cfg(text).get("api", "instance_name") == "Used"
+    assert (
+        len(report.conflicts) == 1 and "value of [webserver] instance_name" in report.conflicts[0]
+    )
+
+
+def test_both_names_with_one_value_are_a_plain_rename() -> None:
+    old = _cfg("[core]\ndag_concurrency = 9\nmax_active_tasks_per_dag = 9\n")
+    maps = Maps(renames=dict([CONCURRENCY]))
+    text, report = carry_over(old, {}, "[core]\n", maps, {}, old_renames=dict([CONCURRENCY]))
+    assert _cfg(text).get("core", "max_active_tasks_per_dag") == "9"
+    assert report.conflicts == []
+
+
 def test_a_removal_that_depends_on_the_value_keeps_other_values() -> None:
     maps = Maps(removed={("core", "hostname"): (":", "")})
     old = _cfg("[core]\nhostname = myhost\n")

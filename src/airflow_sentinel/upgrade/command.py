@@ -184,6 +184,8 @@ def _print_plan(
     for check in checks:
         mark = "ok  " if check.ok else ("FAIL" if check.blocking else "warn")
         click.echo(f"  [{mark}] {check.name}: {check.detail}")
+        for item in check.items:
+            click.echo(f"         {item}")
     click.echo("Steps: " + " -> ".join(steps))
 
 

@@ -83,10 +83,12 @@ class Report:
     unknown_kept: list[str] = field(default_factory=list)
     defaults_changed: list[str] = field(default_factory=list)
     environment: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out: list[str] = []
         for title, items in (
+            ("conflicts: an old and a new name both set", self.conflicts),
             ("carried (changed from the old defaults)", self.carried),
             ("renamed or moved", self.renamed),
             ("dropped: obsolete in the target", self.dropped),
@@ -99,10 +101,13 @@ class Report:
         return out
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.carried)} carried, {len(self.renamed)} renamed, "
             f"{len(self.dropped)} dropped as obsolete, {len(self.unknown_kept)} kept unmapped"
         )
+        if self.conflicts:
+            text += f", {len(self.conflicts)} conflicting pair(s) settled as the old version did"
+        return text
 
 
 def parse_defaults(text: str) -> dict[Option, str]:
@@ -133,16 +138,28 @@ def carry_over(
     new_defaults_text: str,
     maps: Maps,
     environ: dict[str, str],
+    old_renames: dict[Option, Option] | None = None,
 ) -> tuple[str, Report]:
+    """The target's airflow.cfg text and what was done to each option.
+
+    ``old_renames``: the old version's own rename map. When the file sets both an old name
+    and its new one, the value carried is the one the old version read: the new name's if
+    the old version already knew it (Airflow reads a deprecated name only as a fallback),
+    the old name's if the new one is new in the target.
+    """
     report = Report()
     new_defaults = parse_defaults(new_defaults_text)
     placed: dict[Option, str] = {}
+    settled = _settle_conflicts(old_cfg, maps, old_renames or {}, report)
     for section in old_cfg.sections():
         if section == SECTION:
             continue  # copied whole, comments included, by the caller
         for key, value in old_cfg.items(section, raw=True):
             option = (section, key)
             name = f"[{section}] {key}"
+            if option in settled:
+                placed[settled[option][0]] = settled[option][1]
+                continue
             if old_defaults.get(option) == value.strip():
                 if option in maps.default_changes:
                     old, new = maps.default_changes[option]
@@ -161,6 +178,30 @@ def carry_over(
                 bucket.append(name)
     _environment_notes(environ, maps, report)
     return render(new_defaults_text, placed), report
+
+
+def _settle_conflicts(
+    old_cfg: configparser.ConfigParser,
+    maps: Maps,
+    old_renames: dict[Option, Option],
+    report: Report,
+) -> dict[Option, tuple[Option, str]]:
+    """Both names of one option set to different values: each of the pair mapped to the
+    target option and the value the old version used."""
+    settled: dict[Option, tuple[Option, str]] = {}
+    for old, new in maps.renames.items():
+        if not (old_cfg.has_option(*old) and old_cfg.has_option(*new)):
+            continue
+        old_value, new_value = old_cfg.get(*old, raw=True), old_cfg.get(*new, raw=True)
+        if old_value.strip() == new_value.strip():
+            continue  # the same value twice: a plain rename
+        used, value = (new, new_value) if old_renames.get(old) == new else (old, old_value)
+        settled[old] = settled[new] = (new, value)
+        report.conflicts.append(
+            f"[{old[0]}] {old[1]} and [{new[0]}] {new[1]} differ: carried the value of "
+            f"[{used[0]}] {used[1]}, the one the old version used"
+        )
+    return settled
 
 
 def _environment_notes(environ: dict[str, str], maps: Maps, report: Report) -> None:

@@ -15,8 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.airflow_env import env_dir_name
 from airflow_sentinel.errors import SentinelError, UserError
+from airflow_sentinel.upgrade import dag_lint
 from airflow_sentinel.upgrade.databases import Database
-from airflow_sentinel.upgrade.installation import Installation
+from airflow_sentinel.upgrade.installation import Installation, UpgradeError
 
 # Room for a new environment beside the old one (Airflow 3 with providers is about 600 MB).
 ENV_BYTES = 1 << 30
@@ -28,6 +29,7 @@ class Check:
     ok: bool
     detail: str
     blocking: bool = True
+    items: tuple[str, ...] = ()  # one line per finding, when there are several
 
 
 def parse_target(to_version: str, current: str) -> Version:
@@ -174,40 +176,28 @@ def environment_check(inst: Installation, in_place: bool) -> Check:
 
 
 def dag_lint_check(inst: Installation, target: Version) -> Check:
-    """Airflow 3 incompatibilities in the DAGs, by ruff's AIR rules (advice, not a gate)."""
+    """Airflow 3 incompatibilities in the DAGs, by ruff's AIR3 rules (advice, not a gate:
+    whether a DAG loads on the target is checked by parsing it there before the hold)."""
+    name = "DAG compatibility"
     if target.major < 3 or Version(inst.env.version).major >= 3:
-        return Check("DAG compatibility", True, "not crossing to Airflow 3", blocking=False)
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+        return Check(name, True, "not crossing to Airflow 3", blocking=False)
     dags = Path(inst.option("core", "dags_folder") or inst.home / "dags")
-    if not Path(ruff).exists() or not dags.is_dir():
-        return Check(
-            "DAG compatibility", True, "skipped: ruff or the DAG folder is missing", blocking=False
-        )
-    done = subprocess.run(
-        [
-            ruff,
-            "check",
-            "--no-cache",
-            "--preview",
-            "--select",
-            "AIR3",
-            "--exit-zero",
-            "--output-format",
-            "concise",
-            str(dags),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    ruff = dag_lint.find_ruff()
+    if ruff is None or not dags.is_dir():
+        missing = "ruff is not installed" if ruff is None else f"no DAG folder at {dags}"
+        return Check(name, True, f"skipped: {missing}", blocking=False)
+    try:
+        findings = dag_lint.lint(dags, ruff)
+    except UpgradeError as exc:
+        return Check(name, False, str(exc), blocking=False)
+    if not findings:
+        return Check(name, True, f"no AIR3 findings in {dags} (ruff)", blocking=False)
+    breaking = sum(f.breaks for f in findings)
+    return Check(
+        name,
+        False,
+        f"{len(findings)} AIR3 finding(s) in {dags}, {breaking} that stop a DAG from loading "
+        "on Airflow 3 (AIR301 removed, AIR302 moved to a provider)",
+        blocking=False,
+        items=tuple(f.describe(dags) for f in findings),
     )
-    findings = [line for line in done.stdout.splitlines() if ": AIR" in line]
-    if findings:
-        return Check(
-            "DAG compatibility",
-            False,
-            f"{len(findings)} AIR3 finding(s), e.g. {findings[0][:160]}",
-            blocking=False,
-        )
-    return Check("DAG compatibility", True, "no AIR3 findings (ruff)", blocking=False)

@@ -148,6 +148,7 @@ def check_configured_from(facts: dict[str, Any]) -> None:
 def install(ctx: Context) -> str:
     if ctx.run.in_place:
         _old_defaults(ctx)  # the environment is about to stop being the old version
+        _old_renames(ctx)
     requirements = [f"apache-airflow=={ctx.run.to_version}", *ctx.run.facts["carried_packages"]]
     target = Path(ctx.run.new_env)
     key = requirement_key(requirements, ctx.run.constraints)
@@ -173,7 +174,12 @@ def configure_step(ctx: Context) -> str:
     new_defaults = configure.defaults_text(ctx.new_env, ctx.home, secret)
     maps = configure.target_maps(ctx.new_env, ctx.home, secret)
     text, report = configure.carry_over(
-        configure.read_raw(cfg), old_defaults, new_defaults, maps, dict(os.environ)
+        configure.read_raw(cfg),
+        old_defaults,
+        new_defaults,
+        maps,
+        dict(os.environ),
+        old_renames=_old_renames(ctx),
     )
     block = configure.sentinel_block(old_text)
     if block:
@@ -197,6 +203,15 @@ def _old_defaults(ctx: Context) -> str:
     return kept.read_text()
 
 
+def _old_renames(ctx: Context) -> dict[configure.Option, configure.Option]:
+    """The old version's own rename map, kept once read (see `_old_defaults`)."""
+    if "old_renames" not in ctx.run.facts:
+        maps = configure.target_maps(ctx.old_env, ctx.home, ctx.installation.db_url)
+        ctx.run.facts["old_renames"] = [[*old, *new] for old, new in maps.renames.items()]
+        ctx.journal.save(ctx.run)
+    return {(o[0], o[1]): (o[2], o[3]) for o in ctx.run.facts["old_renames"]}
+
+
 def _private_write(path: Path, text: str) -> None:
     path.touch(mode=0o600)
     path.chmod(0o600)
@@ -206,9 +221,12 @@ def _private_write(path: Path, text: str) -> None:
 def _lint(ctx: Context) -> list[str]:
     if int(ctx.run.to_version.split(".")[0]) < 3:
         return []
-    try:
+    try:  # the new file, staged: the one in place is still the old version's
         out = ctx.new_env.run(
-            ["config", "lint"], ctx.home, secret_url=ctx.installation.db_url
+            ["config", "lint"],
+            ctx.home,
+            secret_url=ctx.installation.db_url,
+            extra_env={"AIRFLOW_CONFIG": str(ctx.staged_config)},
         ).stdout
     except UpgradeError as exc:
         return [f"airflow config lint: {exc}"]
