@@ -33,9 +33,10 @@ NEW = os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2")
 STEPS = (
     "install",
     "configure",
+    "inspect",
+    "check-dags",
     "stop",
     "backup",
-    "inspect",
     "migrate",
     "switch",
     "start",
@@ -152,7 +153,9 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         cfg = (site.home / "airflow.cfg").read_text()
         assert "\nparallelism = 7\n" in cfg
         assert "\nmax_active_tasks_per_dag = 5\n" in cfg and "dag_concurrency" not in cfg
-        assert "\nmetrics_allow_list = scheduler,executor\n" in cfg
+        # 2.10's own file sets metrics_allow_list (empty), which 2.10 reads instead of the
+        # old name statsd_allow_list: the value in use is carried, and the pair reported.
+        assert "\nmetrics_allow_list = scheduler,executor\n" not in cfg
         assert _section_of(cfg, "instance_name = Sentinel upgrade test") == "api"
         assert "\ncheck_slas = " not in cfg
         assert "[team]\n" in cfg and "owner = data-platform" in cfg
@@ -162,6 +165,7 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert "[webserver] instance_name -> [api] instance_name" in report
         assert "[core] check_slas" in report
         assert "[core] dag_concurrency and [core] max_active_tasks_per_dag differ" in report
+        assert "[metrics] statsd_allow_list and [metrics] metrics_allow_list differ" in report
         assert "airflow config lint:" in report
         assert "`check_slas`" not in report  # the lint read the new file, not the old one
         # Backups are the owner's alone.
@@ -192,6 +196,39 @@ def test_airflow_3s_own_migration_loses_work_on_sqlite_and_ours_does_not(site: S
     assert ours.ok, ours.losses
     assert sqlite_migration.broken_references(site.home / "airflow.db") == []
     assert site.revision() == expected_head(target.path)
+
+
+MOVED_OPERATOR = """
+import pendulum
+from airflow import DAG
+from airflow.operators.dummy import DummyOperator  # gone from Airflow 3
+
+with DAG("sentinel_moved", schedule=None, start_date=pendulum.datetime(2024, 1, 1)):
+    DummyOperator(task_id="one")
+"""
+
+
+def test_a_dag_the_target_cannot_load_is_found_in_plan_and_stops_the_run_before_the_hold(
+    site: Site,
+) -> None:
+    (site.home / "dags" / "moved.py").write_text(MOVED_OPERATOR)
+    site.airflow("dags", "list")  # it loads on 2.10
+    planned = site.sentinel("upgrade", "plan", "--to", NEW, "--json")
+    check = next(
+        c for c in json.loads(planned.stdout)["checks"] if c["name"] == "DAG compatibility"
+    )
+    assert not check["ok"] and not check["blocking"]
+    assert any(item.startswith("moved.py:") and " AIR302 " in item for item in check["items"])
+
+    rows = site.table_rows()
+    done = upgrade(site, "run", "--to", NEW)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "check-dags: before the hold, with Airflow" in done.stderr
+    assert "moved.py" in done.stderr
+    run = last_run(site)
+    assert run["state"] == "rolled back"
+    assert next(s for s in run["steps"] if s["name"] == "stop")["state"] == "pending"
+    assert site.table_rows() == rows  # the inspection wrote nothing, not even audit rows
 
 
 def _json_tail(out: str) -> str:

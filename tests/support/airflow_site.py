@@ -81,7 +81,8 @@ CUSTOM = {
     ("core", "dag_concurrency"): "9",  # its old name, set too: 2.10 reads the new one (5)
     ("core", "dags_are_paused_at_creation"): "False",
     ("webserver", "instance_name"): "Sentinel upgrade test",  # -> [api] instance_name
-    ("metrics", "statsd_allow_list"): "scheduler,executor",  # -> metrics_allow_list
+    # -> metrics_allow_list, which 2.10's own file sets too (empty) and 2.10 reads instead
+    ("metrics", "statsd_allow_list"): "scheduler,executor",
     ("core", "check_slas"): "False",  # removed in 3
     ("scheduler", "scheduler_heartbeat_sec"): "2",
     ("logging", "logging_level"): "WARNING",

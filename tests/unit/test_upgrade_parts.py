@@ -252,15 +252,17 @@ def test_restored_files_are_byte_identical_with_their_mode(tmp_path: Path) -> No
 
 def test_side_by_side_the_new_environment_is_ready_before_the_hold() -> None:
     order = forward_steps(in_place=False)
-    assert order.index("configure") < order.index("stop") < order.index("backup")
-    assert order.index("backup") < order.index("inspect") < order.index("migrate")
+    held = order[order.index("stop") :]
+    assert held == ("stop", "backup", "migrate", "switch", "start", "verify")
+    assert order.index("configure") < order.index("check-dags")  # parses with the new file
     assert sorted(order) == sorted(FORWARD)
 
 
 def test_in_place_the_install_waits_for_the_hold() -> None:
     order = forward_steps(in_place=True)
-    assert order.index("stop") < order.index("backup") < order.index("install")
-    assert order.index("install") < order.index("configure") < order.index("migrate")
+    assert order.index("inspect") < order.index("stop") < order.index("backup")
+    assert order.index("backup") < order.index("install") < order.index("configure")
+    assert order.index("configure") < order.index("check-dags") < order.index("migrate")
     assert sorted(order) == sorted(FORWARD)
 
 

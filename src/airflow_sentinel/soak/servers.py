@@ -9,6 +9,7 @@ behind. The operator's own database servers are never touched.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -28,6 +29,8 @@ PRIVATE_DATA_PREFIX = "airflow-sentinel-soak-"
 ZOOKEEPER_CLASSPATH = os.environ.get(
     "SENTINEL_ZOOKEEPER_CLASSPATH", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 )
+
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str) -> int:
@@ -85,14 +88,31 @@ class Server(ABC):
         self._wait_listening(timeout)
 
     def stop(self, timeout: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """The server and every process of it gone. A server that does not stop in time is
+        killed whole: a PostgreSQL backend outliving its postmaster keeps the shared memory,
+        and the next start refuses to run beside it."""
+        if self.process is None:
             return
+        if self.process.poll() is not None:
+            log.warning(
+                "%s had exited by itself (code %s)", type(self).__name__, self.process.returncode
+            )
+            return
+        tree = self._processes()
+        self.thaw()  # a frozen server cannot shut down
         self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            for proc in tree:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
             self.process.wait()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for proc in alive:  # children that outlived a clean stop of their parent
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=timeout)
 
     def restart(self) -> None:
         self.stop()
@@ -111,11 +131,14 @@ class Server(ABC):
                 os.kill(pid, signal.SIGCONT)
 
     def _tree(self) -> list[int]:
+        return [proc.pid for proc in self._processes()]
+
+    def _processes(self) -> list[psutil.Process]:
         if self.process is None or self.process.poll() is not None:
             return []
         try:
             root = psutil.Process(self.process.pid)
-            return [root.pid, *(p.pid for p in root.children(recursive=True))]
+            return [root, *root.children(recursive=True)]
         except psutil.Error:
             return []
 
@@ -191,6 +214,23 @@ class Postgres(Server):
 
     # SIGTERM would wait for every client to leave; SIGINT is PostgreSQL's fast shutdown.
     stop_signal = signal.SIGINT
+
+    def start(self, timeout: float = 60) -> None:
+        self._kill_orphaned_backends()
+        super().start(timeout)
+
+    def _kill_orphaned_backends(self) -> None:
+        """Backends of a postmaster that died work on in the data directory and keep its
+        shared memory: PostgreSQL would refuse to start beside them."""
+        orphans = []
+        for proc in psutil.process_iter(["cwd"]):
+            if proc.info["cwd"] == str(self.data):
+                orphans.append(proc)
+        for proc in orphans:
+            log.warning("killing pid %d, left working in %s", proc.pid, self.data)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(orphans, timeout=30)
 
     def close(self) -> None:
         super().close()

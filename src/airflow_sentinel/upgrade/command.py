@@ -377,7 +377,7 @@ def rollback_command(run_id: str | None, state_dir: str | None, yes: bool) -> No
 def _confirm_loss(ctx: Context, yes: bool) -> None:
     run = ctx.run
     restored = any(r.name == "restore-database" and r.state == jr.DONE for r in run.rollback)
-    if not (ctx.leader and run.reached("inspect")) or restored:
+    if not (ctx.leader and run.reached("migrate")) or restored:
         return
     before = run.facts.get("row_counts", {})
     now = ctx.database.row_counts(WORK_TABLES)

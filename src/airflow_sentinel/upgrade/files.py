@@ -46,10 +46,17 @@ def archive_folder(folder: Path, target: Path) -> dict[str, str]:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         tar.add(folder, arcname=".")
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            sums[str(path.relative_to(folder))] = sha256(path)
+    sums.update(folder_sums(folder))
     return sums
+
+
+def folder_sums(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in ``folder`` (compiled bytecode aside)."""
+    return {
+        str(path.relative_to(folder)): sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
 
 
 def verify_archive(archive: Path, sums: dict[str, str]) -> None:

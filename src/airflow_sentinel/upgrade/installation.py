@@ -29,6 +29,19 @@ NOT_CARRIED = re.compile(r"^(pip|setuptools|wheel|uv|apache-airflow(-core|-task-
 PROVIDER = re.compile(r"^apache-airflow-providers-")
 
 
+# Runs `airflow` without its CLI audit trail: every Airflow command writes a row to the
+# `log` table, and the inspection before the hold must leave the database as it found it.
+QUIET_BOOTSTRAP = """
+import sys
+from airflow.utils import cli_action_loggers
+cli_action_loggers.on_pre_execution = lambda **kwargs: None
+cli_action_loggers.on_post_execution = lambda **kwargs: None
+from airflow.__main__ import main
+sys.argv = ["airflow", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
 class UpgradeError(SentinelError):
     """A step of an upgrade failed; the message says which and why, in one line."""
 
@@ -120,9 +133,23 @@ class AirflowEnv:
             )
         return done
 
-    def run_json(self, args: list[str], home: Path, secret_url: str = "") -> object:
+    def run_json(
+        self,
+        args: list[str],
+        home: Path,
+        secret_url: str = "",
+        extra_env: dict[str, str] | None = None,
+    ) -> object:
+        """A listing command's JSON; it writes nothing, not even its audit row."""
         # `dags list-import-errors` exits 1 when it lists errors: the JSON is still there.
-        done = self.run([*args, "-o", "json"], home, secret_url=secret_url, accept=(0, 1))
+        done = self.run(
+            [*args, "-o", "json"],
+            home,
+            secret_url=secret_url,
+            extra_env=extra_env,
+            accept=(0, 1),
+            bootstrap=QUIET_BOOTSTRAP,
+        )
         what = f"airflow {' '.join(args)}"
         if done.returncode != 0 and not done.stdout.strip():
             raise UpgradeError(scrub(f"{what} failed: {last_line(done.stderr)}", secret_url))

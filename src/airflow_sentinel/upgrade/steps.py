@@ -77,12 +77,54 @@ Step = Callable[[Context], str]
 
 # -- forward ----------------------------------------------------------------------------
 def inspect(ctx: Context) -> str:
+    """What works before: DAGs, import errors, plugins. Before the hold (it writes nothing);
+    the backup inspects again if the DAG or plugin files changed since."""
     facts = verify.gather(ctx.old_env, ctx.home, ctx.installation.db_url)
     ctx.run.facts["before"] = facts.as_dict()
+    ctx.run.facts["inspected_files"] = {
+        key: files.folder_sums(path) for key, path in _code_folders(ctx).items()
+    }
     return (
         f"{len(facts.dags)} DAGs, {len(facts.import_errors)} import errors, "
         f"{len(facts.plugins)} plugins"
     )
+
+
+def _code_folders(ctx: Context) -> dict[str, Path]:
+    """The DAG and plugin folders, by their option name, where they exist."""
+    found = {}
+    for key in ("dags_folder", "plugins_folder"):
+        path = Path(ctx.installation.option("core", key) or ctx.home / key.split("_")[0])
+        if path.is_dir():
+            found[key] = path
+    return found
+
+
+def check_dags(ctx: Context) -> str:
+    """Parse the DAGs with the target, before the hold: a DAG that loads today and would not
+    load on the target stops the run while the old scheduler still runs.
+
+    The target cannot use the old database before the migration, so it parses against a
+    scratch database of its own, with the staged airflow.cfg.
+    """
+    scratch = ctx.folder / "check-dags"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        "AIRFLOW_CONFIG": str(ctx.staged_config),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{scratch / 'airflow.db'}",
+    }
+    if int(ctx.run.to_version.split(".")[0]) < 3:
+        env["AIRFLOW__CORE__EXECUTOR"] = "SequentialExecutor"  # 2.x refuses others on SQLite
+    secret = ctx.installation.db_url
+    ctx.new_env.run(["db", "migrate"], ctx.home, timeout=900, secret_url=secret, extra_env=env)
+    target = verify.gather(ctx.new_env, ctx.home, secret, extra_env=env)
+    before = verify.Facts.from_dict(ctx.run.facts["before"])
+    found = verify.problems(before, target)
+    if found:
+        raise UpgradeError(
+            f"before the hold, with Airflow {ctx.run.to_version}: {'; '.join(found)}"
+        )
+    return f"{len(target.dags)} DAGs load with Airflow {ctx.run.to_version}, no new import errors"
 
 
 def stop(ctx: Context) -> str:
@@ -113,15 +155,17 @@ def backup(ctx: Context) -> str:
     ctx.run.facts["config_files"] = modes
     check_configured_from(ctx.run.facts)
     archives = {}
-    for section, key in (("core", "dags_folder"), ("core", "plugins_folder")):
-        path = Path(ctx.installation.option(section, key) or ctx.home / key.split("_")[0])
-        if path.is_dir():
-            target = folder / f"{key.split('_')[0]}.tar.gz"
-            sums = files.archive_folder(path, target)
-            files.verify_archive(target, sums)
-            archives[key] = {"path": str(path), "archive": str(target), "files": sums}
-            saved.append(f"{target.name} ({len(sums)} files)")
+    for key, path in _code_folders(ctx).items():
+        target = folder / f"{key.split('_')[0]}.tar.gz"
+        sums = files.archive_folder(path, target)
+        files.verify_archive(target, sums)
+        archives[key] = {"path": str(path), "archive": str(target), "files": sums}
+        saved.append(f"{target.name} ({len(sums)} files)")
     ctx.run.facts["archives"] = archives
+    inspected = ctx.run.facts.get("inspected_files")
+    if inspected != {key: a["files"] for key, a in archives.items()}:
+        inspect(ctx)  # files changed since the inspection: what works is what is backed up
+        saved.append("DAG or plugin files changed since the inspection: inspected again")
     (folder / "packages.txt").write_text("\n".join(ctx.old_env.freeze()) + "\n")
     (folder / "packages.txt").chmod(0o600)
     saved.append("packages.txt")
@@ -321,22 +365,22 @@ def verify_step(ctx: Context) -> str:
 
 
 def forward_steps(in_place: bool) -> tuple[str, ...]:
-    """The order of a run. Side by side, the new environment and its airflow.cfg are made
-    ready while the old scheduler still runs, so the hold covers only backup, inspect,
-    migrate and the switch. In place, the install changes the running environment, so it
-    waits for the hold. inspect comes after the backup either way: even Airflow's read-only
-    commands write audit rows, and a rollback restores them to the backup's."""
-    held = ("stop", "backup", "inspect")
+    """The order of a run. The hold begins at stop. Side by side, everything that can run
+    beside the old scheduler does: the new environment, its airflow.cfg, the inspection and
+    the target's parse of the DAGs, so the hold covers only the backup, the migration and the
+    switch. In place, the install changes the running environment, so it and what needs it
+    wait for the hold."""
     after = ("migrate", "switch", "start", "verify")
     if in_place:
-        return (*held, "install", "configure", *after)
-    return ("install", "configure", *held, *after)
+        return ("inspect", "stop", "backup", "install", "configure", "check-dags", *after)
+    return ("install", "configure", "inspect", "check-dags", "stop", "backup", *after)
 
 
 FORWARD: dict[str, Step] = {
     "stop": stop,
     "backup": backup,
     "inspect": inspect,
+    "check-dags": check_dags,
     "install": install,
     "configure": configure_step,
     "migrate": migrate,
@@ -354,8 +398,9 @@ def undo_stop(ctx: Context) -> str:
 
 
 def restore_database(ctx: Context) -> str:
-    # Past the backup, Airflow commands ran against the database (audit rows at least).
-    if not (ctx.leader and ctx.run.step("backup").state == DONE and ctx.run.reached("inspect")):
+    # Nothing before the migration writes to the database (the inspection writes no audit
+    # rows); from the migration on, Airflow has.
+    if not (ctx.leader and ctx.run.step("backup").state == DONE and ctx.run.reached("migrate")):
         return "the database was not changed"
     ctx.database.restore(ctx.db_backup)
     return f"restored from {ctx.db_backup.name}"

@@ -30,8 +30,14 @@ def _rows(raw: object) -> list[dict[str, Any]]:
     return [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
 
 
-def gather(env: AirflowEnv, home: Path, secret_url: str = "") -> Facts:
-    """The DAGs and import errors as Airflow parses the DAG folder, and the plugins it loads."""
+def gather(
+    env: AirflowEnv,
+    home: Path,
+    secret_url: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Facts:
+    """The DAGs and import errors as Airflow parses the DAG folder, and the plugins it loads.
+    Nothing is written to the database."""
     local = ["--local"] if int(env.version.split(".")[0]) >= 3 else []
     commands = {
         "dags": ["dags", "list", *local],
@@ -39,7 +45,10 @@ def gather(env: AirflowEnv, home: Path, secret_url: str = "") -> Facts:
         "plugins": ["plugins"],
     }
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-        futures = {k: pool.submit(env.run_json, v, home, secret_url) for k, v in commands.items()}
+        futures = {
+            k: pool.submit(env.run_json, v, home, secret_url, extra_env)
+            for k, v in commands.items()
+        }
         results = {k: _rows(f.result()) for k, f in futures.items()}
     return Facts(
         dags=sorted(str(r.get("dag_id")) for r in results["dags"]),
