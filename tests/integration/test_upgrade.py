@@ -105,12 +105,12 @@ def save_timings(site: Site, name: str, run: dict[str, Any]) -> None:
         for s in run["rollback"]
         if s.get("finished")
     }
-    facts = run["facts"]
-    assert isinstance(facts, dict)
-    downtime = None
-    if run["state"] == "succeeded" and facts.get("heartbeat_wall"):
-        downtime = round(facts["heartbeat_wall"] - facts["scheduler_stopped_wall"], 1)
-    record = {"steps": steps, "rollback": back, "scheduler_downtime_s": downtime}
+    record = {
+        "steps": steps,
+        "rollback": back,
+        "scheduler_downtime": run.get("scheduler_downtime"),
+        "load_average": os.getloadavg(),
+    }
     (TIMINGS / f"{site.backend}-{name}.json").write_text(json.dumps(record, indent=2))
     print(f"\n{site.backend} {name}: {json.dumps(record)}")
 

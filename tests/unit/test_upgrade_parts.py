@@ -12,12 +12,14 @@ import pytest
 from airflow_sentinel.airflow_schema import expected_head, installed_version
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.upgrade import files
+from airflow_sentinel.upgrade.command import scheduler_downtime
 from airflow_sentinel.upgrade.configure import (
     Maps,
     carry_over,
     parse_defaults,
     render,
     sentinel_block,
+    with_unlisted_removals,
     without_section,
 )
 from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError, parse_json_tail
@@ -136,6 +138,18 @@ def test_both_names_with_one_value_are_a_plain_rename() -> None:
     text, report = carry_over(old, {}, "[core]\n", maps, {}, old_renames=dict([CONCURRENCY]))
     assert _cfg(text).get("core", "max_active_tasks_per_dag") == "9"
     assert report.conflicts == []
+
+
+def test_the_internal_api_secret_is_dropped_crossing_to_3_not_kept_as_unknown() -> None:
+    old = _cfg("[core]\ninternal_api_secret_key = s3cr3t\nparallelism = 7\n")
+    maps = with_unlisted_removals(Maps(), "2.10.5", "3.3.2")
+    text, report = carry_over(old, {}, "[core]\n# parallelism = 32\n", maps, {})
+    assert "s3cr3t" not in text and "internal_api_secret_key" not in text
+    assert report.dropped == [
+        "[core] internal_api_secret_key: the internal API (AIP-44) is gone in Airflow 3"
+    ]
+    kept = with_unlisted_removals(Maps(), "2.9.3", "2.10.5")  # still an option in 2.x
+    assert "internal_api_secret_key" in carry_over(old, {}, "[core]\n", kept, {})[0]
 
 
 def test_a_removal_that_depends_on_the_value_keeps_other_values() -> None:
@@ -298,3 +312,30 @@ def test_carried_are_what_the_operator_added_and_every_provider(tmp_path: Path) 
         "apache-airflow-providers-postgres",
         "my-dag-helpers",
     ]
+
+
+def _timed(name: str, started: float, finished: float) -> StepRecord:
+    return StepRecord(name, state=DONE, started=started, finished=finished)
+
+
+def test_scheduler_downtime_is_split_by_the_steps_inside_it() -> None:
+    run = Run(
+        id="r", node="n", home="/h", env_link="/e", old_env="/o", new_env="/n",
+        from_version="2.10.5", to_version="3.3.2", cluster_role="leader", state="succeeded",
+        steps=[
+            _timed("check-dags", 80, 95), _timed("stop", 95, 100), _timed("backup", 100, 101),
+            _timed("migrate", 101, 113), _timed("switch", 113, 113), _timed("start", 113, 114),
+            _timed("verify", 114, 140),
+        ],
+        facts={"scheduler_stopped_wall": 100.0, "heartbeat_wall": 120.0},
+    )  # fmt: skip
+    total, phases = scheduler_downtime(run) or (0, {})
+    assert total == 20.0
+    assert phases == {
+        "backup": 1.0, "migrate": 12.0, "switch": 0.0, "start": 1.0,
+        "verify": 6.0,  # verify waits for the heartbeat that ends the downtime
+    }  # fmt: skip
+    run.state, run.facts["rollback_heartbeat_wall"] = "rolled back", 150.0
+    run.rollback = [_timed("restore-database", 140, 145), _timed("verify", 146, 150)]
+    total, phases = scheduler_downtime(run) or (0, {})
+    assert total == 50.0 and phases["rollback restore-database"] == 5.0

@@ -321,7 +321,8 @@ def _context(
 def _exclusive(journal: jr.Journal, run: jr.Run) -> Iterator[None]:
     """One process per run: a second `resume` or `rollback` waits for nobody, it refuses."""
     path = journal.folder(run.id) / ".lock"
-    with path.open("a") as handle:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -404,31 +405,81 @@ def _confirm_loss(ctx: Context, yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def status_command(run_id: str | None, state_dir: str | None, as_json: bool) -> None:
     """A run's steps, times and outcome (the last run by default)."""
-    run = _journal(state_dir).latest(run_id)
+    journal = _journal(state_dir)
+    run = journal.latest(run_id)
+    state = run.state
+    if not run.finished and state != jr.FAILED_RUN and not _worked_on(journal, run):
+        state = f"{run.state}, interrupted: no process works on it"
+    downtime = scheduler_downtime(run)
     if as_json:
-        click.echo(json.dumps(asdict(run), indent=2, sort_keys=True))
+        record = asdict(run)
+        record["worked_on"] = run.finished or _worked_on(journal, run)
+        if downtime is not None:
+            record["scheduler_downtime"] = {"total_s": downtime[0], "phases_s": downtime[1]}
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
         return
-    click.echo(f"run {run.id}: {run.state} ({run.cluster_role} on {run.node})")
+    click.echo(f"run {run.id}: {state} ({run.cluster_role} on {run.node})")
     click.echo(f"  Airflow {run.from_version} -> {run.to_version}; {run.old_env} -> {run.new_env}")
     if run.error:
         click.echo(f"  error: {run.error}")
+    if "interrupted" in state:
+        click.echo(
+            f"  next: `airflow-sentinel upgrade resume {run.id}` to go on, or "
+            f"`airflow-sentinel upgrade rollback {run.id}` to undo it"
+        )
     for title, records in (("steps", run.steps), ("rollback", run.rollback)):
         if records:
             click.echo(f"  {title}:")
         for r in records:
             took = f"{r.seconds:6.1f}s" if r.seconds is not None else "       "
             click.echo(f"    {r.name:17} {r.state:8} {took}  {r.detail[:140]}")
-    downtime = scheduler_downtime(run)
     if downtime is not None:
-        click.echo(f"  scheduler downtime: {downtime:.1f}s")
+        total, phases = downtime
+        split = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items())
+        click.echo(f"  scheduler downtime: {total:.1f}s ({split})")
 
 
-def scheduler_downtime(run: jr.Run) -> float | None:
-    """From the old scheduler's stop to the new one's first heartbeat (succeeded runs)."""
-    stopped, beat = run.facts.get("scheduler_stopped_wall"), run.facts.get("heartbeat_wall")
-    if run.state != jr.SUCCEEDED or not (stopped and beat):
+def _worked_on(journal: jr.Journal, run: jr.Run) -> bool:
+    """A process holds the run's lock (see `_exclusive`)."""
+    path = journal.folder(run.id) / ".lock"
+    if not path.exists():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def scheduler_downtime(run: jr.Run) -> tuple[float, dict[str, float]] | None:
+    """From the old scheduler's stop to the first heartbeat of the scheduler that runs now
+    (the new one, or after a rollback the old one), split by the steps between them."""
+    stopped = run.facts.get("scheduler_stopped_wall")
+    if run.state == jr.SUCCEEDED:
+        beat = run.facts.get("heartbeat_wall")
+    elif run.state == jr.ROLLED_BACK:
+        beat = run.facts.get("rollback_heartbeat_wall")
+    else:
         return None
-    return float(beat) - float(stopped)
+    if not (stopped and beat):
+        return None
+    stopped, beat = float(stopped), float(beat)
+    phases: dict[str, float] = {}
+    last = stopped
+    for prefix, records in (("", run.steps), ("rollback ", run.rollback)):
+        for r in records:
+            if r.started is None or r.finished is None or r.finished <= stopped:
+                continue
+            if r.started >= beat:
+                break
+            end = min(r.finished, beat)
+            phases[prefix + r.name] = round(end - max(r.started, stopped), 1)
+            last = max(last, end)
+    if beat > last:
+        phases["until the first heartbeat"] = round(beat - last, 1)
+    return round(beat - stopped, 1), phases
 
 
 @upgrade.command("list")

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.version import Version
+
 from airflow_sentinel.config.airflow_cfg import SECTION
 from airflow_sentinel.metastore.urls import scrub
 from airflow_sentinel.upgrade.installation import (
@@ -73,6 +75,29 @@ class Maps:
                 (str(r[0]), str(r[1])): (str(r[2]), str(r[3])) for r in raw["default_changes"]
             },
         )
+
+
+# Removed in a release whose own change list does not say so: each would otherwise be kept
+# in the new file as an option the target does not know. A secret among them must not
+# linger in a file for nothing.
+UNLISTED_REMOVALS: dict[str, dict[Option, str]] = {
+    "3.0.0": {
+        ("core", "internal_api_secret_key"): "the internal API (AIP-44) is gone in Airflow 3",
+        ("core", "internal_api_url"): "the internal API (AIP-44) is gone in Airflow 3",
+        ("core", "database_access_isolation"): "the internal API (AIP-44) is gone in Airflow 3",
+    },
+}
+
+
+def with_unlisted_removals(maps: Maps, from_version: str, to_version: str) -> Maps:
+    """``maps`` plus the removals of every release crossed that Airflow does not list."""
+    low, high = Version(from_version), Version(to_version)
+    removed = dict(maps.removed)
+    for release, options in UNLISTED_REMOVALS.items():
+        if low < Version(release) <= high:
+            for option, why in options.items():
+                removed.setdefault(option, (None, why))
+    return Maps(renames=maps.renames, removed=removed, default_changes=maps.default_changes)
 
 
 @dataclass

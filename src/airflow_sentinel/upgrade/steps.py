@@ -216,7 +216,11 @@ def configure_step(ctx: Context) -> str:
     secret = ctx.installation.db_url  # Airflow's errors may echo the connection URL
     old_defaults = configure.parse_defaults(_old_defaults(ctx))
     new_defaults = configure.defaults_text(ctx.new_env, ctx.home, secret)
-    maps = configure.target_maps(ctx.new_env, ctx.home, secret)
+    maps = configure.with_unlisted_removals(
+        configure.target_maps(ctx.new_env, ctx.home, secret),
+        ctx.run.from_version,
+        ctx.run.to_version,
+    )
     text, report = configure.carry_over(
         configure.read_raw(cfg),
         old_defaults,
@@ -442,6 +446,7 @@ def verify_old(ctx: Context) -> str:
         waited = verify.wait_for_heartbeat(
             ctx.installation.db_url, ctx.run.facts["started_wall"], ctx.verify_timeout
         )
+        ctx.run.facts["rollback_heartbeat_wall"] = time.time()
         return f"Airflow {version}; scheduler heartbeat after {waited:.1f}s"
     return f"Airflow {version}"
 
