@@ -442,6 +442,10 @@ def main() -> None:
     except (MetastoreError, SentinelError) as exc:
         click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the environment, not the user: a full disk, a missing folder
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"airflow-sentinel: error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
 
 
 def one_line(message: str) -> str:

@@ -176,6 +176,12 @@ def _render_notes(data: dict[str, Any], console: Console) -> None:
         run = f" (run {lock.get('run')} on {lock.get('node')}, to {lock.get('to')})" if lock else ""
         reason = hold["reason"] or "no hold flag; only the upgrade lock"
         console.print(f"[bold]HELD[/bold]: {reason}{run}: no scheduler starts until released")
+        if lock:
+            console.print(
+                f"  released when run {lock.get('run')} ends: on {lock.get('node')}, "
+                f"`airflow-sentinel upgrade status {lock.get('run')}` says where it stands; "
+                f"`airflow-sentinel upgrade rollback {lock.get('run')}` or `... resume` ends it"
+            )
     for node_id, where in data["conflicts"].items():
         console.print(
             f"[bold]CONFLICT[/bold]: a second controller on {where} uses node_id "

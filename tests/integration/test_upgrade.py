@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +267,80 @@ def test_a_failure_after_any_step_rolls_everything_back(site: Site, step: str) -
     assert (site.home / "airflow.cfg").read_bytes() == cfg
     assert site.env_link.resolve() == old_env
     assert "2.10.5" in site.airflow("version")
+
+
+@contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path``: a disk that fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path, leave: int) -> Path:
+    """Fill the filesystem of ``path`` up to ``leave`` free bytes."""
+    free = shutil.disk_usage(path).free
+    filler = path / "filler"
+    with filler.open("wb") as out:
+        os.posix_fallocate(out.fileno(), 0, max(free - leave, 1))
+    return filler
+
+
+def test_a_disk_too_small_for_the_backup_is_refused_before_anything(
+    site: Site, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "state", "256k") as state:
+        done = upgrade(site, "run", "--to", NEW, "--state-dir", str(state))
+        assert done.returncode == 2, done.stdout + done.stderr  # refused, like bad input
+        assert "free disk:" in done.stderr and f"on {state}" in done.stderr
+        assert "(the backup)" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not any(state.iterdir())  # no run was created
+
+
+def test_a_disk_that_fills_during_the_backup_rolls_back_and_releases_the_hold(
+    site: Site, tmp_path: Path
+) -> None:
+    """The operator's other job fills the disk while the cluster is held: the dump fails,
+    the run rolls back, the hold is lifted and the old scheduler runs again; one line."""
+    rows = site.work()
+    with site.controller(), small_disk(tmp_path / "state", "64m") as state:
+        wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow-sentinel"), "upgrade", "run",
+             "--to", NEW, "--state-dir", str(state), "--verify-timeout", "240"],
+            env=site.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        journal = Journal(state)
+
+        def stopping() -> bool:
+            runs = journal.runs()
+            return bool(runs) and runs[-1].step("stop").state == "running"
+
+        wait_until(stopping, 900, "the hold to begin", 0.05)
+        filler = fill(state, leave=150_000)  # room for the journal, not for the dump
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 1, out + err
+        assert "backup:" in err and "rolled back" in err, err
+        assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1, err
+        filler.unlink()
+        status = json.loads(site.sentinel("status", "--json").stdout)
+        assert status["hold"] is None
+        wait_until(lambda: scheduler_env_version() == {OLD}, 240, "the old scheduler again")
+        run = last_run_in(site, state)
+        assert run["state"] == "rolled back"
+        assert next(s for s in run["steps"] if s["name"] == "backup")["state"] == "failed"
+    assert site.work() == rows
+
+
+def last_run_in(site: Site, state: Path) -> dict[str, Any]:
+    done = site.sentinel("upgrade", "status", "--json", "--state-dir", str(state))
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_a_target_that_cannot_install_rolls_back(site: Site, tmp_path: Path) -> None:

@@ -110,7 +110,13 @@ def _checks(
         pf.path_check(inst, database, target),
         pf.reach_check(database),
         pf.tools_check(database),
-        pf.disk_check(inst, database, journal.root, in_place),
+        pf.disk_check(
+            inst,
+            database,
+            journal.root,
+            _target_env(inst, to_version, constraints, in_place),
+            in_place,
+        ),
         pf.index_check(to_version, constraints),
         pf.dag_lint_check(inst, target),
     ]
@@ -252,12 +258,16 @@ def run_command(
     click.echo(f"upgraded to Airflow {to_version} in {time.time() - run.created:.0f}s")
 
 
+def _target_env(inst: Installation, to_version: str, constraints: str, in_place: bool) -> Path:
+    requirements = [f"apache-airflow=={to_version}", *inst.env.carried_requirements()]
+    return pf.new_env_path(inst, to_version, requirements, constraints, in_place)
+
+
 def _new_run(
     inst: Installation, to_version: str, in_place: bool, constraints: str, no_rollback: bool
 ) -> jr.Run:
     carried = inst.env.carried_requirements()
-    requirements = [f"apache-airflow=={to_version}", *carried]
-    new_env = pf.new_env_path(inst, to_version, requirements, constraints, in_place)
+    new_env = _target_env(inst, to_version, constraints, in_place)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     run = jr.Run(
         id=f"{stamp}-{inst.env.version}-to-{to_version}",

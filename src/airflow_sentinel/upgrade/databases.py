@@ -118,15 +118,18 @@ class SqliteDatabase(Database):
         """SQLite's online backup API: a consistent copy while others may write."""
         target.touch(mode=0o600)
         source = contextlib.closing(sqlite3.connect(self.path, timeout=30))
-        with source as src, contextlib.closing(sqlite3.connect(target)) as dst:
-            src.backup(dst)
-            own = dst.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ?",
-                (f"{OWN_PREFIX}%",),
-            ).fetchall()
-            for (name,) in own:
-                dst.execute(f'DROP TABLE "{name}"')
-            dst.commit()
+        try:
+            with source as src, contextlib.closing(sqlite3.connect(target)) as dst:
+                src.backup(dst)
+                own = dst.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ?",
+                    (f"{OWN_PREFIX}%",),
+                ).fetchall()
+                for (name,) in own:
+                    dst.execute(f'DROP TABLE "{name}"')
+                dst.commit()
+        except sqlite3.Error as exc:  # a full disk, a read-only folder, a locked database
+            raise UpgradeError(f"backup of {self.path} into {target} failed: {exc}") from None
 
     def restore(self, source: Path) -> None:
         """Replace every table but ours with the backup's, in one transaction, in place.

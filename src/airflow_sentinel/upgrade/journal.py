@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_sentinel.errors import UserError
+from airflow_sentinel.errors import SentinelError, UserError
 
 JOURNAL = "journal.json"
 
@@ -80,6 +80,10 @@ class Run:
         return self.state in (SUCCEEDED, ROLLED_BACK)
 
 
+class JournalError(SentinelError):
+    """The journal could not be written (a full disk, a read-only folder)."""
+
+
 class Journal:
     """The runs of one AIRFLOW_HOME, each in its own owner-only folder."""
 
@@ -100,18 +104,29 @@ class Journal:
     def save(self, run: Run) -> None:
         folder = self.folder(run.id)
         data = json.dumps(asdict(run), indent=2, sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".journal-")
+        tmp: str | None = None
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".journal-")
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(28, "No space left on device")  # a short write: full
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            Path(tmp).replace(folder / JOURNAL)
+            tmp = None
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the journal in {folder}: {exc.strerror or exc}"
+            ) from None
         finally:
-            os.close(fd)
-        Path(tmp).replace(folder / JOURNAL)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)  # what room there is goes to the rollback
 
     def load(self, run_id: str) -> Run:
         path = self.folder(run_id) / JOURNAL

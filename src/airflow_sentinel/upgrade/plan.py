@@ -117,15 +117,46 @@ def index_check(to_version: str, constraints: str) -> Check:
     return Check("package index", True, f"apache-airflow {to_version} is available")
 
 
-def disk_check(inst: Installation, database: Database, state_dir: Path, in_place: bool) -> Check:
-    need = _database_bytes(database) + ENV_BYTES * (0 if in_place else 1)
+def disk_check(
+    inst: Installation, database: Database, state_dir: Path, new_env: Path, in_place: bool
+) -> Check:
+    """Room for each thing on the filesystem it goes to: the backup (database dump and
+    archives) beside the journal, the new environment beside the old one."""
+    backup = _database_bytes(database)
     for folder in (inst.home / "dags", inst.home / "plugins"):
         if folder.is_dir():
-            need += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    probe = state_dir if state_dir.exists() else state_dir.parent
-    free = shutil.disk_usage(probe).free
-    ok = free > need * 1.5
-    return Check("free disk", ok, f"{free >> 20} MiB free, about {need >> 20} MiB needed")
+            backup += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    needs = [(state_dir, backup, "the backup")]
+    if not in_place:
+        needs.append((new_env, ENV_BYTES, "the new environment"))
+    by_device: dict[int, tuple[Path, int, list[str]]] = {}
+    for path, need, what in needs:
+        probe = _existing(path)
+        device = probe.stat().st_dev
+        _, total, names = by_device.get(device, (probe, 0, []))
+        by_device[device] = (probe, total + need, [*names, what])
+    short, notes = [], []
+    for probe, need, names in by_device.values():
+        free = shutil.disk_usage(probe).free
+        what = " and ".join(names)
+        line = f"{_size(free)} free on {probe}, about {_size(need)} needed ({what})"
+        notes.append(line)
+        if free <= need * 1.5:
+            short.append(line)
+    if short:
+        return Check("free disk", False, "; ".join(short))
+    return Check("free disk", True, "; ".join(notes))
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 10 << 20 else f"{count >> 10} KiB"
+
+
+def _existing(path: Path) -> Path:
+    """The nearest existing folder at or above ``path``: where it will be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _database_bytes(database: Database) -> int:

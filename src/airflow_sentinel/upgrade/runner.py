@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 
 from airflow_sentinel.errors import SentinelError
@@ -33,26 +34,62 @@ def new_steps(in_place: bool) -> list[jr.StepRecord]:
     return [jr.StepRecord(name) for name in forward_steps(in_place)]
 
 
-def _perform(ctx: Context, record: jr.StepRecord, action: Step, report: Report) -> None:
+def _perform(
+    ctx: Context, record: jr.StepRecord, action: Step, report: Report, strict: bool = True
+) -> None:
+    """One step, journaled before and after. ``strict``: a journal that cannot be written
+    fails the step (forward: no step runs unrecorded); otherwise the step goes on and the
+    failure is remembered (a rollback must not stop for a full disk)."""
     record.state, record.started, record.finished = jr.RUNNING, time.time(), None
-    ctx.journal.save(ctx.run)
+    _save(ctx, record, strict)
     report(f"{record.name} ...")
     try:
         record.detail = action(ctx)
     except Exception as exc:  # whatever failed, even a bug here, the rollback must still run
         record.state, record.finished = jr.FAILED, time.time()
-        record.detail = str(exc) if isinstance(exc, SentinelError) else _unexpected(exc)
-        ctx.journal.save(ctx.run)
+        record.detail = str(exc) if isinstance(exc, SentinelError) else _unexpected(ctx, exc)
+        _save(ctx, record, strict=False)
         raise StepFailed(f"{record.name}: {record.detail}") from None
     record.state, record.finished = jr.DONE, time.time()
-    ctx.journal.save(ctx.run)
+    _save(ctx, record, strict)
     report(f"{record.name}: done in {record.seconds or 0:.1f}s: {record.detail}")
 
 
-def _unexpected(exc: Exception) -> str:
-    log.exception("step failed unexpectedly")  # the traceback goes to the log, not the user
+def _save(ctx: Context, record: jr.StepRecord | None = None, strict: bool = False) -> None:
+    try:
+        ctx.journal.save(ctx.run)
+    except jr.JournalError as exc:
+        ctx.journal_error = str(exc)
+        if strict:
+            if record is not None:
+                record.state, record.finished, record.detail = jr.FAILED, time.time(), str(exc)
+            name = record.name if record is not None else "journal"
+            raise StepFailed(f"{name}: {exc}") from None
+        log.error("%s", exc)  # noqa: TRY400 - a full disk, not a bug: no traceback
+
+
+def _journal_note(ctx: Context) -> str:
+    if not ctx.journal_error:
+        return ""
+    return (
+        f"; {ctx.journal_error}, so it may not show this outcome: free some room there, "
+        f"then `airflow-sentinel upgrade status {ctx.run.id}`"
+    )
+
+
+def _unexpected(ctx: Context, exc: Exception) -> str:
+    """One line for the operator; the traceback, for a bug report, beside the journal."""
     first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {first}"
+    detail = f"{type(exc).__name__}: {first}"
+    trace = "".join(traceback.format_exception(exc))
+    log.debug("step failed unexpectedly\n%s", trace)
+    path = ctx.folder / "errors.log"
+    try:
+        with path.open("a") as out:
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {trace}\n")
+    except OSError:
+        return detail
+    return f"{detail} (traceback in {path})"
 
 
 def forward(ctx: Context, report: Report) -> None:
@@ -68,16 +105,16 @@ def forward(ctx: Context, report: Report) -> None:
         ctx.run.error = str(failure)
         if ctx.run.no_rollback:
             ctx.run.state = jr.FAILED_RUN
-            ctx.journal.save(ctx.run)
+            _save(ctx)
             raise StepFailed(
                 f"{failure}; not rolled back (--no-rollback): "
-                f"`airflow-sentinel upgrade rollback {ctx.run.id}` undoes it"
+                f"`airflow-sentinel upgrade rollback {ctx.run.id}` undoes it{_journal_note(ctx)}"
             ) from None
         report(f"failed: {failure}; rolling back")
         restored = backward(ctx, report)
-        raise StepFailed(f"{failure}; rolled back: {restored}") from None
+        raise StepFailed(f"{failure}; rolled back: {restored}{_journal_note(ctx)}") from None
     ctx.run.state = jr.SUCCEEDED
-    ctx.journal.save(ctx.run)
+    _save(ctx, strict=False)
     _release_lock(ctx)
 
 
@@ -93,23 +130,30 @@ def backward(ctx: Context, report: Report) -> str:
     if not ctx.run.rollback:
         ctx.run.rollback = [jr.StepRecord(name) for name, _ in BACKWARD]
     ctx.run.state = jr.ROLLING_BACK
-    ctx.journal.save(ctx.run)
+    _save(ctx)
     actions = dict(BACKWARD)
     try:
         for record in ctx.run.rollback:
             if record.state != jr.DONE:
-                _perform(ctx, record, actions[record.name], report)
+                _perform(ctx, record, actions[record.name], report, strict=False)
     except StepFailed as failure:
         ctx.run.state = jr.ROLLBACK_FAILED
-        ctx.journal.save(ctx.run)
+        _save(ctx)
         raise StepFailed(
             f"rollback failed at {failure}; fix the cause and run "
-            f"`airflow-sentinel upgrade rollback {ctx.run.id}` again"
+            f"`airflow-sentinel upgrade rollback {ctx.run.id}` again{_held_note(ctx)}"
+            f"{_journal_note(ctx)}"
         ) from None
     ctx.run.state = jr.ROLLED_BACK
-    ctx.journal.save(ctx.run)
+    _save(ctx)
     _release_lock(ctx)
     return "; ".join(f"{r.name}: {r.detail}" for r in ctx.run.rollback)
+
+
+def _held_note(ctx: Context) -> str:
+    if ctx.controllers is None or not ctx.leader or not ctx.run.reached("stop"):
+        return ""
+    return "; the cluster stays held (no scheduler starts) until that rollback succeeds"
 
 
 def _release_lock(ctx: Context) -> None:

@@ -36,6 +36,7 @@ class Context:
     hold_timeout: float
     verify_timeout: float
     stale_after: float
+    journal_error: str = ""  # the last failure to write the journal, if any
 
     @property
     def folder(self) -> Path:
@@ -170,7 +171,11 @@ def backup(ctx: Context) -> str:
     (folder / "packages.txt").chmod(0o600)
     saved.append("packages.txt")
     if ctx.leader:
-        ctx.database.backup(ctx.db_backup)
+        try:
+            ctx.database.backup(ctx.db_backup)
+        except BaseException:
+            ctx.db_backup.unlink(missing_ok=True)  # a half dump: its room goes to the rollback
+            raise
         ctx.run.facts["row_counts"] = ctx.database.row_counts()  # every table
         ctx.run.facts["db_revision"] = database_revision(ctx.installation.db_url)
         saved.append(f"{ctx.db_backup.name} ({ctx.db_backup.stat().st_size} bytes)")
