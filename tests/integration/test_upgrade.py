@@ -343,6 +343,32 @@ def last_run_in(site: Site, state: Path) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
+def test_a_rollback_starts_the_old_versions_services_not_the_targets(
+    site: Site, tmp_path: Path
+) -> None:
+    """Crossing to Airflow 3 the service set changes (webserver -> api-server, a new
+    dag-processor): the start after the migration runs the target's command, the start
+    after a rollback the old version's."""
+    trail = tmp_path / "services.log"
+
+    def record(word: str) -> str:
+        return f"sh -c 'echo {word} >> {trail}'"
+
+    done = upgrade(
+        site, "run", "--to", NEW,
+        "--stop-command", record("stop"),
+        "--start-command", record("api-server+dag-processor"),
+        "--old-start-command", record("webserver"),
+        fail_after="start",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert trail.read_text().split() == ["stop", "api-server+dag-processor", "stop", "webserver"]
+    planned = site.sentinel("upgrade", "plan", "--to", NEW, "--json")
+    check = next(c for c in json.loads(planned.stdout)["checks"] if c["name"] == "service set")
+    assert any(item.startswith("dag-processor:") for item in check["items"])
+    assert any(item.startswith("webserver -> api-server") for item in check["items"])
+
+
 def test_a_target_that_cannot_install_rolls_back(site: Site, tmp_path: Path) -> None:
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("apache-airflow==3.0.0\n")  # contradicts --to

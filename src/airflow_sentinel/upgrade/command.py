@@ -28,7 +28,7 @@ from airflow_sentinel.upgrade import plan as pf
 from airflow_sentinel.upgrade import runner
 from airflow_sentinel.upgrade.databases import WORK_TABLES, open_database
 from airflow_sentinel.upgrade.installation import Installation, discover
-from airflow_sentinel.upgrade.services import Controllers, LocalServices
+from airflow_sentinel.upgrade.services import Controllers, LocalServices, ServiceSet
 from airflow_sentinel.upgrade.steps import Context, forward_steps
 
 
@@ -119,6 +119,7 @@ def _checks(
         ),
         pf.index_check(to_version, constraints),
         pf.dag_lint_check(inst, target),
+        pf.services_check(inst, target),
     ]
     lock = controllers.lock()
     if lock is None:
@@ -204,10 +205,37 @@ def _print_plan(
     "services",
     multiple=True,
     metavar="UNIT",
-    help="A systemd unit of this node to stop and start (webserver, triggerer, ...). Repeatable.",
+    help="A systemd unit of this node that both versions run (triggerer, ...): stopped for "
+    "the hold, started after it. Repeatable.",
 )
-@click.option("--stop-command", default="", help="A command that stops this node's services.")
-@click.option("--start-command", default="", help="A command that starts them again.")
+@click.option(
+    "--old-service",
+    "old_services",
+    multiple=True,
+    metavar="UNIT",
+    help="A unit only the old version runs (airflow-webserver): stopped, and started again "
+    "only by a rollback. Repeatable.",
+)
+@click.option(
+    "--new-service",
+    "new_services",
+    multiple=True,
+    metavar="UNIT",
+    help="A unit only the target runs (airflow-api-server, airflow-dag-processor): started "
+    "after the upgrade, stopped by a rollback. Repeatable.",
+)
+@click.option(
+    "--stop-command",
+    default="",
+    help="A command that stops this node's services (either version's).",
+)
+@click.option("--start-command", default="", help="A command that starts the target's services.")
+@click.option(
+    "--old-start-command",
+    default=None,
+    help="A command that starts the old version's services, run by a rollback. "
+    "Default: --start-command.",
+)
 @click.option(
     "--verify-timeout",
     default=300.0,
@@ -223,8 +251,11 @@ def run_command(
     state_dir: str | None,
     no_rollback: bool,
     services: tuple[str, ...],
+    old_services: tuple[str, ...],
+    new_services: tuple[str, ...],
     stop_command: str,
     start_command: str,
+    old_start_command: str | None,
     verify_timeout: float,
 ) -> None:
     """Upgrade this node (and, on the first node, the cluster's database)."""
@@ -243,9 +274,11 @@ def run_command(
             )
         run = _new_run(inst, to_version, in_place, constraints, no_rollback)
         run.facts["services"] = {
-            "units": list(services),
+            "old_units": [*services, *old_services],
+            "new_units": [*services, *new_services],
             "stop": stop_command,
             "start": start_command,
+            "old_start": start_command if old_start_command is None else old_start_command,
             "verify_timeout": verify_timeout,
         }
         run.cluster_role = _claim_role(controllers, run, inst)
@@ -319,7 +352,14 @@ def _context(
         database=open_database(inst.db_url),
         controllers=controllers,
         services=LocalServices(
-            tuple(opts.get("units", [])), opts.get("stop", ""), opts.get("start", "")
+            old=ServiceSet(
+                tuple(opts.get("old_units", opts.get("units", []))),
+                opts.get("old_start", opts.get("start", "")),
+            ),
+            new=ServiceSet(
+                tuple(opts.get("new_units", opts.get("units", []))), opts.get("start", "")
+            ),
+            stop_command=opts.get("stop", ""),
         ),
         hold_timeout=settings.lease_ttl + settings.stop_timeout + 60,
         verify_timeout=float(opts.get("verify_timeout", 300)),

@@ -18,6 +18,7 @@ from airflow_sentinel.errors import SentinelError, UserError
 from airflow_sentinel.upgrade import dag_lint
 from airflow_sentinel.upgrade.databases import Database
 from airflow_sentinel.upgrade.installation import Installation, UpgradeError
+from airflow_sentinel.upgrade.services import AIRFLOW_3_SERVICES
 
 # Room for a new environment beside the old one (Airflow 3 with providers is about 600 MB).
 ENV_BYTES = 1 << 30
@@ -231,4 +232,19 @@ def dag_lint_check(inst: Installation, target: Version) -> Check:
         "on Airflow 3 (AIR301 removed, AIR302 moved to a provider)",
         blocking=False,
         items=tuple(f.describe(dags) for f in findings),
+    )
+
+
+def services_check(inst: Installation, target: Version) -> Check:
+    """The services that change with the target (advice: `run` starts what it is told)."""
+    if target.major < 3 or Version(inst.env.version).major >= 3:
+        return Check("service set", True, "the same services as now", blocking=False)
+    return Check(
+        "service set",
+        False,
+        "Airflow 3 runs other services: give `upgrade run` the target's (--new-service or "
+        "--start-command) and the old version's for a rollback (--old-service or "
+        "--old-start-command)",
+        blocking=False,
+        items=AIRFLOW_3_SERVICES,
     )

@@ -78,30 +78,56 @@ class Controllers:
 
 
 @dataclass(frozen=True)
-class LocalServices:
-    """This node's Airflow services other than the scheduler the controller keeps."""
+class ServiceSet:
+    """What one Airflow version runs on this node besides the scheduler the controller
+    keeps: systemd units, or a start command."""
 
     units: tuple[str, ...] = ()
-    stop_command: str = ""
     start_command: str = ""
 
+    def describe(self) -> str:
+        return ", ".join([*self.units, *(["start command"] if self.start_command else [])])
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    """This node's other Airflow services, for the old version and for the target: crossing
+    to Airflow 3 the webserver becomes the api-server and a dag-processor is needed, so a
+    rollback must start what the old version ran, not what the new one does."""
+
+    old: ServiceSet = ServiceSet()
+    new: ServiceSet = ServiceSet()
+    stop_command: str = ""  # stops whatever of them runs, either version's
+
     def stop(self) -> str:
-        if self.units:
-            _run(["systemctl", "stop", *self.units])
+        units = tuple(dict.fromkeys([*self.old.units, *self.new.units]))
+        if units:
+            _run(["systemctl", "stop", *units])
         if self.stop_command:
             _run(shlex.split(self.stop_command))
-        return self._described("stopped")
+        parts = [*units, *(["stop command"] if self.stop_command else [])]
+        return f"stopped: {', '.join(parts)}" if parts else "no local services configured"
 
-    def start(self) -> str:
-        if self.units:
-            _run(["systemctl", "start", *self.units])
-        if self.start_command:
-            _run(shlex.split(self.start_command))
-        return self._described("started")
+    def start(self, version: str) -> str:
+        """Start the services of ``version``: "new" (the target) or "old"."""
+        chosen = self.new if version == "new" else self.old
+        if chosen.units:
+            _run(["systemctl", "start", *chosen.units])
+        if chosen.start_command:
+            _run(shlex.split(chosen.start_command))
+        what = chosen.describe()
+        return f"started the {version} version's {what}" if what else "no local services configured"
 
-    def _described(self, verb: str) -> str:
-        parts = list(self.units) + (["stop/start command"] if self.stop_command else [])
-        return f"{verb}: {', '.join(parts)}" if parts else "no local services configured"
+
+# Crossing to Airflow 3: the services that change, as `upgrade plan` lists them.
+AIRFLOW_3_SERVICES = (
+    "webserver -> api-server: `airflow webserver` is gone; run `airflow api-server` "
+    "(its options moved from [webserver] to [api])",
+    "dag-processor: now a service of its own; without `airflow dag-processor` no DAG "
+    "file is parsed and new DAGs never appear",
+    "triggerer: unchanged (`airflow triggerer`), needed for deferrable tasks",
+    "scheduler: kept by the failover controller, as before",
+)
 
 
 def local_schedulers() -> list[int]:

@@ -347,9 +347,9 @@ def point_link(link: Path, target: Path) -> None:
     temporary.replace(link)
 
 
-def start(ctx: Context) -> str:
+def start(ctx: Context, version: str = "new") -> str:
     ctx.run.facts["started_wall"] = time.time()
-    notes = [ctx.services.start()]
+    notes = [ctx.services.start(version)]
     if ctx.controllers is not None and ctx.leader:
         ctx.controllers.release()
         notes.append("controllers released")
@@ -440,7 +440,7 @@ def switch_back(ctx: Context) -> str:
 def undo_start(ctx: Context) -> str:
     if not ctx.run.reached("stop"):
         return "nothing was stopped"
-    return start(ctx)
+    return start(ctx, "old")
 
 
 def verify_old(ctx: Context) -> str:
