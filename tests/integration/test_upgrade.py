@@ -170,6 +170,8 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert "[metrics] statsd_allow_list and [metrics] metrics_allow_list differ" in report
         assert "airflow config lint:" in report
         assert "`check_slas`" not in report  # the lint read the new file, not the old one
+        installed = Path(run["facts"]["installed_packages"]).read_text().splitlines()
+        assert f"apache-airflow=={NEW}" in installed  # the exact set the target got
         # Backups are the owner's alone.
         folder = site.home / "upgrades" / str(run["id"])
         assert folder.stat().st_mode & 0o777 == 0o700
@@ -216,11 +218,13 @@ def test_a_dag_the_target_cannot_load_is_found_in_plan_and_stops_the_run_before_
     (site.home / "dags" / "moved.py").write_text(MOVED_OPERATOR)
     site.airflow("dags", "list")  # it loads on 2.10
     planned = site.sentinel("upgrade", "plan", "--to", NEW, "--json")
-    check = next(
-        c for c in json.loads(planned.stdout)["checks"] if c["name"] == "DAG compatibility"
-    )
+    checks = json.loads(planned.stdout)["checks"]
+    check = next(c for c in checks if c["name"] == "DAG compatibility")
     assert not check["ok"] and not check["blocking"]
     assert any(item.startswith("moved.py:") and " AIR302 " in item for item in check["items"])
+    pins = next(c for c in checks if c["name"] == "package versions")
+    assert "unpinned" in pins["detail"] and f"constraints-{NEW}/" in pins["detail"]
+    assert f"apache-airflow=={NEW}" in pins["items"]
 
     rows = site.table_rows()
     done = upgrade(site, "run", "--to", NEW)

@@ -120,6 +120,7 @@ def _checks(
         pf.index_check(to_version, constraints),
         pf.dag_lint_check(inst, target),
         pf.services_check(inst, target),
+        pf.pins_check(inst, to_version, constraints),
     ]
     lock = controllers.lock()
     if lock is None:

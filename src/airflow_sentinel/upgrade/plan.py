@@ -248,3 +248,55 @@ def services_check(inst: Installation, target: Version) -> Check:
         blocking=False,
         items=AIRFLOW_3_SERVICES,
     )
+
+
+# Shown from a resolution: Airflow's own parts, the executors' libraries.
+KEY_PACKAGES = re.compile(
+    r"^(apache-airflow[a-z0-9-]*|celery|kombu|sqlalchemy|pymysql|psycopg2?(-binary)?)==", re.I
+)
+
+
+def pins_check(inst: Installation, to_version: str, constraints: str) -> Check:
+    """Whether the install is pinned; when it is not, what the resolver would pick today."""
+    name = "package versions"
+    if constraints:
+        return Check(name, True, f"pinned by {constraints}", blocking=False)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    published = (
+        f"https://raw.githubusercontent.com/apache/airflow/constraints-{to_version}/"
+        f"constraints-{python}.txt"
+    )
+    requirements = [f"apache-airflow=={to_version}", *inst.env.carried_requirements()]
+    picked = _resolve(requirements, python)
+    advice = f"Airflow publishes the tested set for Python {python}: --constraints {published}"
+    if isinstance(picked, str):
+        return Check(
+            name, False, f"unpinned, and the resolver failed ({picked}); {advice}", blocking=False
+        )
+    shown = tuple(p for p in picked if KEY_PACKAGES.match(p))
+    return Check(
+        name,
+        False,
+        f"unpinned: the resolver picks versions at install time ({len(picked)} packages "
+        f"today, the key ones below); {advice}",
+        blocking=False,
+        items=shown,
+    )
+
+
+def _resolve(requirements: list[str], python: str) -> list[str] | str:
+    """The pinned set uv resolves for ``requirements`` today, or why it could not."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    try:
+        done = subprocess.run(
+            [uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
+             "--python-version", python, "-"],
+            input="\n".join(requirements) + "\n",
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return type(exc).__name__
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        return (lines[-1] if lines else "no output")[:200]
+    return [line.strip() for line in done.stdout.splitlines() if "==" in line]

@@ -202,7 +202,8 @@ def install(ctx: Context) -> str:
     target = Path(ctx.run.new_env)
     key = requirement_key(requirements, ctx.run.constraints)
     if (target / COMPLETE).is_file() and (target / COMPLETE).read_text() == key:
-        return f"reused {target} (built earlier for the same packages)"
+        installed = _record_installed(ctx)
+        return f"reused {target} (built earlier for the same packages); the set in {installed}"
     if ctx.run.in_place:
         build_venv(target, requirements, ctx.run.constraints, fresh=False)
     else:
@@ -210,7 +211,16 @@ def install(ctx: Context) -> str:
     found = installed_version(target)
     if found != ctx.run.to_version:
         raise UpgradeError(f"installed Airflow is {found}, not {ctx.run.to_version}")
-    return f"installed {', '.join(requirements)} into {target}"
+    installed = _record_installed(ctx)
+    return f"installed {', '.join(requirements)} into {target}; the set in {installed}"
+
+
+def _record_installed(ctx: Context) -> Path:
+    """The exact package set the target got, beside the old one (packages.txt)."""
+    path = ctx.folder / "packages-installed.txt"
+    _private_write(path, "\n".join(ctx.new_env.freeze()) + "\n")
+    ctx.run.facts["installed_packages"] = str(path)
+    return path
 
 
 def configure_step(ctx: Context) -> str:
