@@ -111,11 +111,13 @@ class AirflowEnv:
         extra_env: dict[str, str] | None = None,
         accept: tuple[int, ...] = (0,),
         bootstrap: str | None = None,
+        log_to: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run this environment's `airflow` for AIRFLOW_HOME ``home``; an error is one line.
 
         ``bootstrap``: Python source that this environment's interpreter runs instead of
         the `airflow` script, with ``args`` as its arguments (it ends by calling Airflow).
+        ``log_to``: where a failure's whole output is kept (owner-only), for diagnosis.
         """
         program = [str(self.airflow)] if bootstrap is None else [str(self.python), "-c", bootstrap]
         done = subprocess.run(
@@ -128,8 +130,14 @@ class AirflowEnv:
             check=False,
         )
         if done.returncode not in accept:
+            if log_to is not None:
+                _keep_output(log_to, done, secret_url)
+            where = f" (all of its output in {log_to})" if log_to is not None else ""
             raise UpgradeError(
-                scrub(f"airflow {' '.join(args[:3])} failed: {last_line(done.stderr)}", secret_url)
+                scrub(
+                    f"airflow {' '.join(args[:3])} failed: {last_line(done.stderr)}{where}",
+                    secret_url,
+                )
             )
         return done
 
@@ -156,6 +164,14 @@ class AirflowEnv:
         return parse_json_tail(done.stdout, what)
 
 
+def _keep_output(path: Path, done: subprocess.CompletedProcess[str], secret_url: str) -> None:
+    try:
+        path.touch(mode=0o600)
+        path.write_text(scrub(f"{done.stdout}\n----- stderr\n{done.stderr}", secret_url))
+    except OSError:
+        pass  # a full disk: the one line above is what there is
+
+
 def parse_json_tail(out: str, what: str) -> object:
     """The JSON document that ends Airflow's output (log lines may come before it)."""
     lines = out.splitlines()
@@ -179,9 +195,19 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# SQLAlchemy ends an error with its SQL, parameters and a link; the error itself is above.
+_NOT_THE_ERROR = re.compile(r"^(\(Background on this error at:|\[SQL:|\[parameters:)")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Violation)\b")
+
+
 def last_line(text: str) -> str:
+    """The line of a tool's output that says what went wrong: the last exception line if
+    there is one, else the last line that is not SQLAlchemy's trailer."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
+    useful = [line for line in lines if not _NOT_THE_ERROR.match(line)] or lines
+    errors = [line for line in useful if _EXCEPTION.match(line)]
+    chosen = (errors or useful or ["no output"])[-1]
+    return chosen[:300]
 
 
 def airflow_environ(home: Path) -> dict[str, str]:

@@ -309,6 +309,7 @@ def migrate(ctx: Context) -> str:
         timeout=3600,
         secret_url=ctx.installation.db_url,
         bootstrap=sqlite_migration.BOOTSTRAP if sqlite else None,
+        log_to=ctx.folder / "migrate.log",
     )
     wanted = expected_head(ctx.new_env.path)
     actual = database_revision(ctx.installation.db_url)
