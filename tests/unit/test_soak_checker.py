@@ -61,6 +61,20 @@ def test_a_child_that_outlives_its_scheduler_extends_it_and_is_an_orphan() -> No
     assert verdict.overlaps == [(6, 7)]
 
 
+def test_a_later_probes_child_under_a_reused_parent_pid_is_not_the_first_ones() -> None:
+    """Pids wrap: scheduler 10 dies at 5; much later a new scheduler gets pid 10 again and
+    forks a child. That child is the new scheduler's, not an orphan of the first."""
+    lives = [
+        life("n1", 10, 0, 5),
+        life("n2", 20, 6, 300),
+        life("n3", 10, 301, None),
+        life("n3", 12, 301.2, None, role="child", ppid=10),
+    ]
+    verdict = check(lives, [], (0, 400))
+    assert verdict.orphans == 0
+    assert verdict.overlaps == []
+
+
 def test_a_child_dying_with_its_scheduler_is_no_orphan() -> None:
     lives = [life("n1", 10, 0, 5), life("n1", 11, 0.2, 5.1, role="child", ppid=10)]
     assert check(lives, [], (0, 6)).orphans == 0

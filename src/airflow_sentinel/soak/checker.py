@@ -118,12 +118,15 @@ def presences(lives: Iterable[dict[str, object]], end_of_run: float) -> list[Pre
     result = []
     for life in schedulers:
         start, end = float(str(life["start"])), _end(life, end_of_run)
+        died = end
         orphans = 0
         for child in lives:
+            # Its child started while it lived: pids wrap (every few minutes where pid_max
+            # is 32768), and a later probe's child may name the same parent pid.
             if (
                 child["role"] == "child"
                 and child["ppid"] == life["pid"]
-                and start <= float(str(child["start"]))
+                and start <= float(str(child["start"])) <= died
             ):
                 child_end = _end(child, end_of_run)
                 orphans += child_end > end + ORPHAN_GRACE
