@@ -25,6 +25,7 @@ from airflow_sentinel.soak.nemesis import (
     RESTART_METASTORE,
 )
 from airflow_sentinel.soak.recorder import Recorder
+from airflow_sentinel.soak.servers import Postgres
 from tests.support.backends import selected_backends
 from tests.support.cluster import wait_until
 
@@ -120,6 +121,26 @@ def test_soaks_started_together_get_subnets_of_their_own() -> None:
     finally:
         for network in networks:
             network.destroy()
+
+
+def test_a_metastore_server_healed_twice_runs_once(tmp_path: Path) -> None:
+    """Two metastore faults in one batch both heal by starting the server: the second start
+    must find it running, not start another beside it (or kill the first as a leftover)."""
+    server = Postgres(tmp_path, "127.0.0.1")
+    server.prepare()
+    try:
+        server.start()
+        first = server.process
+        assert first is not None
+        server.start()
+        assert server.process is first and first.poll() is None
+        server.stop()
+        server.stop()  # already stopped: nothing to do
+        assert first.poll() is not None
+        server.start()
+        assert server.process is not first and server.process.poll() is None
+    finally:
+        server.close()
 
 
 def test_ctrl_c_stops_the_soak_cleans_up_and_still_reports(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ class Server(ABC):
         return None
 
     def start(self, timeout: float = 60) -> None:
+        """Start the server, unless it runs: two metastore faults healed in one batch each
+        start it, and a second server beside the first would fail and take its handle."""
+        if self.running:
+            return
         parent = os.getpid()
         log = (self.root / "server.log").open("ab")
         self.process = subprocess.Popen(
@@ -86,6 +90,10 @@ class Server(ABC):
         )
         log.close()
         self._wait_listening(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 30) -> None:
         """The server and every process of it gone. A server that does not stop in time is
@@ -216,7 +224,8 @@ class Postgres(Server):
     stop_signal = signal.SIGINT
 
     def start(self, timeout: float = 60) -> None:
-        self._kill_orphaned_backends()
+        if not self.running:
+            self._kill_orphaned_backends()
         super().start(timeout)
 
     def _kill_orphaned_backends(self) -> None:
