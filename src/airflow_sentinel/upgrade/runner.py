@@ -115,6 +115,8 @@ def forward(ctx: Context, report: Report) -> None:
         raise StepFailed(f"{failure}; rolled back: {restored}{_journal_note(ctx)}") from None
     ctx.run.state = jr.SUCCEEDED
     _save(ctx, strict=False)
+    if ctx.journal_error:
+        report(f"warning: the upgrade succeeded{_journal_note(ctx)}")
     _release_lock(ctx)
 
 
