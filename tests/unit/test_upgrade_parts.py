@@ -25,6 +25,7 @@ from airflow_sentinel.upgrade.configure import (
 from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError, parse_json_tail
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run, StepRecord
 from airflow_sentinel.upgrade.plan import parse_target
+from airflow_sentinel.upgrade.services import LocalServices, ServiceSet
 from airflow_sentinel.upgrade.steps import FORWARD, check_configured_from, forward_steps
 
 OLD_DEFAULTS = """[core]
@@ -339,3 +340,29 @@ def test_scheduler_downtime_is_split_by_the_steps_inside_it() -> None:
     run.rollback = [_timed("restore-database", 140, 145), _timed("verify", 146, 150)]
     total, phases = scheduler_downtime(run) or (0, {})
     assert total == 50.0 and phases["rollback restore-database"] == 5.0
+
+
+def test_stopping_a_target_unit_that_is_not_installed_yet_is_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the upgrade, the target's units (airflow-api-server) may not exist: systemctl
+    says "not loaded" (exit 5), and nothing of it runs. Any other failure stops the step."""
+    trail = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {trail}\n'
+        'case "$1 $2" in "stop airflow-api-server") exit 5;; *broken) exit 1;; esac\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    services = LocalServices(
+        old=ServiceSet(("airflow-webserver",)), new=ServiceSet(("airflow-api-server",))
+    )
+    assert services.stop() == "stopped: airflow-webserver, airflow-api-server"
+    assert trail.read_text().split("\n")[:2] == [
+        "stop airflow-webserver",
+        "stop airflow-api-server",
+    ]
+    assert services.start("new") == "started the new version's airflow-api-server"
+    with pytest.raises(UpgradeError, match="systemctl stop broken failed"):
+        LocalServices(old=ServiceSet(("broken",))).stop()

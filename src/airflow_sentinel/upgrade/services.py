@@ -101,8 +101,8 @@ class LocalServices:
 
     def stop(self) -> str:
         units = tuple(dict.fromkeys([*self.old.units, *self.new.units]))
-        if units:
-            _run(["systemctl", "stop", *units])
+        for unit in units:  # one by one: the target's units may not be installed yet
+            _run(["systemctl", "stop", unit], accept=(0, SYSTEMCTL_NOT_LOADED))
         if self.stop_command:
             _run(shlex.split(self.stop_command))
         parts = [*units, *(["stop command"] if self.stop_command else [])]
@@ -142,12 +142,15 @@ def local_schedulers() -> list[int]:
     return found
 
 
-def _run(argv: list[str]) -> None:
+SYSTEMCTL_NOT_LOADED = 5  # `systemctl stop` of a unit that does not exist: nothing runs
+
+
+def _run(argv: list[str], accept: tuple[int, ...] = (0,)) -> None:
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UpgradeError(f"{argv[0]}: cannot run ({type(exc).__name__})") from None
-    if done.returncode != 0:
+    if done.returncode not in accept:
         raise UpgradeError(f"{' '.join(argv[:3])} failed: {last_line(done.stderr)}")
