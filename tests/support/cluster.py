@@ -127,7 +127,7 @@ class Cluster:
         """Running stand-in schedulers of this cluster, outermost processes only."""
         found = self.all_probe_processes()
         pids = {p.pid for p in found}
-        return [p for p in found if p.ppid() not in pids]
+        return [p for p in found if _parent(p) not in pids and p.is_running()]
 
     def all_probe_processes(self) -> list[psutil.Process]:
         """Stand-in schedulers of this cluster and their children (not their guards)."""
@@ -234,3 +234,11 @@ def running_cluster(root: Path, metastore_url: str) -> Iterator[Cluster]:
         raise
     finally:
         cluster.kill_everything()
+
+
+def _parent(proc: psutil.Process) -> int | None:
+    """Its parent's pid, or None once it is gone (a scheduler that fails exits at once)."""
+    try:
+        return proc.ppid()
+    except psutil.NoSuchProcess:
+        return None
