@@ -334,9 +334,14 @@ def test_a_disk_that_fills_during_the_backup_rolls_back_and_releases_the_hold(
             runs = journal.runs()
             return bool(runs) and runs[-1].step("stop").state == "running"
 
-        wait_until(stopping, 900, "the hold to begin", 0.05)
-        filler = fill(state, leave=150_000)  # room for the journal, not for the dump
-        out, err = proc.communicate(timeout=900)
+        try:
+            wait_until(stopping, 900, "the hold to begin", 0.05)
+            filler = fill(state, leave=150_000)  # room for the journal, not for the dump
+            out, err = proc.communicate(timeout=900)
+        finally:
+            if proc.poll() is None:  # the test failed first: no run outlives it
+                proc.kill()
+                proc.communicate()
         assert proc.returncode == 1, out + err
         assert "backup:" in err and "rolled back" in err, err
         assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1, err
