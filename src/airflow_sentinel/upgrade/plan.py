@@ -250,6 +250,9 @@ def services_check(inst: Installation, target: Version) -> Check:
     )
 
 
+# A package index that does not answer must not hold the preflight up for long: the
+# check is advice.
+RESOLVE_TIMEOUT = 60
 # Shown from a resolution: Airflow's own parts, the executors' libraries.
 KEY_PACKAGES = re.compile(
     r"^(apache-airflow[a-z0-9-]*|celery|kombu|sqlalchemy|pymysql|psycopg2?(-binary)?)==", re.I
@@ -292,7 +295,7 @@ def _resolve(requirements: list[str], python: str) -> list[str] | str:
             [uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
              "--python-version", python, "-"],
             input="\n".join(requirements) + "\n",
-            capture_output=True, text=True, timeout=300, check=False,
+            capture_output=True, text=True, timeout=RESOLVE_TIMEOUT, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return type(exc).__name__
