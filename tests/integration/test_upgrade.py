@@ -4,6 +4,7 @@ rollback. The Airflow environments are built once and cached between runs."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import pytest
 
 from airflow_sentinel.airflow_env import build_venv, ensure_airflow_venv
 from airflow_sentinel.airflow_schema import expected_head, installed_version
-from airflow_sentinel.upgrade import sqlite_migration
+from airflow_sentinel.upgrade import canary, sqlite_migration
 from airflow_sentinel.upgrade.databases import open_database
 from airflow_sentinel.upgrade.installation import AirflowEnv
 from airflow_sentinel.upgrade.journal import Journal
@@ -117,17 +118,66 @@ def save_timings(site: Site, name: str, run: dict[str, Any]) -> None:
     print(f"\n{site.backend} {name}: {json.dumps(record)}")
 
 
+SERVICES = Path(__file__).parents[1] / "support" / "site_services.py"
+API_URL = "http://localhost:8080"
+
+
+@contextmanager
+def target_services(site: Site, *names: str) -> Iterator[list[str]]:
+    """The flags that have the run start the target's services beside the scheduler (and
+    nothing on a rollback: the old version here runs only its scheduler); stopped at the end
+    whatever happened."""
+    command = f"{sys.executable} {SERVICES}"
+    flags = [
+        *("--start-command", f"{command} start {site.base} {' '.join(names)}"),
+        *("--old-start-command", ""),
+        *("--stop-command", f"{command} stop {site.base}"),
+    ]
+    if "api-server" in names:
+        flags += ["--api-url", API_URL]
+    try:
+        yield flags
+    finally:
+        subprocess.run([sys.executable, str(SERVICES), "stop", str(site.base)], check=False)
+        for name in names:  # shown by pytest only when the test fails
+            log = site.base / f"{name}.log"
+            if log.exists():
+                sys.stderr.write(
+                    f"===== {name}.log (end)\n{log.read_text(errors='replace')[-3000:]}\n"
+                )
+
+
+def assert_canary_gone(site: Site) -> None:
+    """No file, no row in any table, no task log: the canary left nothing behind."""
+    assert not (site.home / "dags" / canary.FILE_NAME).exists()
+    leftovers = {
+        table: len(rows)
+        for table, rows in site.table_rows().items()
+        if any(canary.DAG_ID in repr(row) for row in rows)
+    }
+    assert leftovers == {}
+    assert not (site.home / "logs" / f"dag_id={canary.DAG_ID}").exists()
+
+
 # -- the real upgrade -----------------------------------------------------------------------
 def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) -> None:
+    """The whole Airflow 3 service set: the scheduler (kept by the controller), the
+    api-server and the dag-processor (started by the run); verified by the api-server's
+    health, a new parse of the DAGs, and a canary task through the LocalExecutor."""
     work = site.work()
     assert len(work["task_instance"]) == 6 and len(work["xcom"]) >= 4  # there is work to lose
-    with site.controller():
+    with site.controller(), target_services(site, "api-server", "dag-processor") as flags:
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
-        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240")
+        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", *flags)
         assert done.returncode == 0, done.stdout + done.stderr
         run = last_run(site)
         save_timings(site, "upgrade", run)
         assert run["state"] == "succeeded"
+        verified = next(s for s in run["steps"] if s["name"] == "verify")["detail"]
+        print(f"\n{site.backend} verify: {verified}")
+        assert "canary task succeeded on LocalExecutor" in verified
+        assert "api-server healthy" in verified and "DAGs parsed again" in verified
+        assert_canary_gone(site)
         assert site.env_link.resolve().name.startswith(f"airflow-{NEW}-")
         assert site.revision() == expected_head(site.env_link.resolve())
         assert scheduler_env_version() == {NEW}
@@ -151,32 +201,40 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         print(f"\n{site.backend} survival check:\n{survived}")
         assert "task_instance: 6 -> 6" in survived
 
-        # Configuration: carried, moved, dropped, kept; ours verbatim; still owner-only.
-        cfg = (site.home / "airflow.cfg").read_text()
-        assert "\nparallelism = 7\n" in cfg
-        assert "\nmax_active_tasks_per_dag = 5\n" in cfg and "dag_concurrency" not in cfg
-        # 2.10's own file sets metrics_allow_list (empty), which 2.10 reads instead of the
-        # old name statsd_allow_list: the value in use is carried, and the pair reported.
-        assert "\nmetrics_allow_list = scheduler,executor\n" not in cfg
-        assert _section_of(cfg, "instance_name = Sentinel upgrade test") == "api"
-        assert "\ncheck_slas = " not in cfg
-        assert "[team]\n" in cfg and "owner = data-platform" in cfg
-        assert "[sentinel]\nscheduler_command = " in cfg
-        assert (site.home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
-        report = Path(run["facts"]["config_report"]).read_text()
-        assert "[webserver] instance_name -> [api] instance_name" in report
-        assert "[core] check_slas" in report
-        assert "[core] dag_concurrency and [core] max_active_tasks_per_dag differ" in report
-        assert "[metrics] statsd_allow_list and [metrics] metrics_allow_list differ" in report
-        assert "airflow config lint:" in report
-        assert "`check_slas`" not in report  # the lint read the new file, not the old one
-        installed = Path(run["facts"]["installed_packages"]).read_text().splitlines()
-        assert f"apache-airflow=={NEW}" in installed  # the exact set the target got
-        # Backups are the owner's alone.
-        folder = site.home / "upgrades" / str(run["id"])
-        assert folder.stat().st_mode & 0o777 == 0o700
-        for path in (folder / "backup").iterdir():
-            assert path.stat().st_mode & 0o077 == 0, path
+        assert_configuration_carried(site, run)
+
+
+def assert_configuration_carried(site: Site, run: dict[str, Any]) -> None:
+    """Carried, moved, dropped, kept; ours verbatim; still owner-only; a shared JWT secret."""
+    cfg = (site.home / "airflow.cfg").read_text()
+    assert "\nparallelism = 7\n" in cfg
+    assert "\nmax_active_tasks_per_dag = 5\n" in cfg and "dag_concurrency" not in cfg
+    # 2.10's own file sets metrics_allow_list (empty), which 2.10 reads instead of the
+    # old name statsd_allow_list: the value in use is carried, and the pair reported.
+    assert "\nmetrics_allow_list = scheduler,executor\n" not in cfg
+    assert _section_of(cfg, "instance_name = Sentinel upgrade test") == "api"
+    assert "\ncheck_slas = " not in cfg
+    assert "[team]\n" in cfg and "owner = data-platform" in cfg
+    assert "[sentinel]\nscheduler_command = " in cfg
+    assert (site.home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
+    report = Path(run["facts"]["config_report"]).read_text()
+    assert "[webserver] instance_name -> [api] instance_name" in report
+    assert "[core] check_slas" in report
+    assert "[core] dag_concurrency and [core] max_active_tasks_per_dag differ" in report
+    assert "[metrics] statsd_allow_list and [metrics] metrics_allow_list differ" in report
+    assert "airflow config lint:" in report
+    assert "`check_slas`" not in report  # the lint read the new file, not the old one
+    assert "[api_auth] jwt_secret: derived from [webserver] secret_key" in report
+    parsed = configparser.ConfigParser(interpolation=None, strict=False)
+    parsed.read_string(cfg)
+    assert len(parsed.get("api_auth", "jwt_secret")) >= 32  # else every task's token fails
+    installed = Path(run["facts"]["installed_packages"]).read_text().splitlines()
+    assert f"apache-airflow=={NEW}" in installed  # the exact set the target got
+    # Backups are the owner's alone.
+    folder = site.home / "upgrades" / str(run["id"])
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for path in (folder / "backup").iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
 
 
 def test_airflow_3s_own_migration_loses_work_on_sqlite_and_ours_does_not(site: Site) -> None:

@@ -153,6 +153,49 @@ def test_the_internal_api_secret_is_dropped_crossing_to_3_not_kept_as_unknown() 
     assert "internal_api_secret_key" in carry_over(old, {}, "[core]\n", kept, {})[0]
 
 
+JWT_DEFAULTS = "[api_auth]\n# jwt_secret = drawn-at-random-per-process\n"
+
+
+def test_crossing_to_3_every_node_gets_the_same_jwt_secret_derived_not_copied() -> None:
+    """Without one in the file, Airflow 3's scheduler and api-server each draw their own
+    and every task's token is refused. Two nodes with the same old file get the same one;
+    the seed itself is not what is written, and no value is in the report."""
+    old = "[webserver]\nsecret_key = shared-by-the-cluster\n"
+    texts = [carry_over(_cfg(old), {}, JWT_DEFAULTS, Maps(), {})[0] for _ in range(2)]
+    secret = _cfg(texts[0]).get("api_auth", "jwt_secret")
+    assert texts[0] == texts[1] and len(secret) >= 32 and "shared-by-the-cluster" not in secret
+    _, report = carry_over(_cfg(old), {}, JWT_DEFAULTS, Maps(), {})
+    assert report.added == [
+        "[api_auth] jwt_secret: derived from [webserver] secret_key, so every node upgraded "
+        "from the same file shares it (the scheduler and the api-server must)"
+    ]
+    assert secret not in "\n".join(report.lines()) and "1 added" in report.summary()
+    other = carry_over(_cfg("[webserver]\nsecret_key = another\n"), {}, JWT_DEFAULTS, Maps(), {})
+    assert _cfg(other[0]).get("api_auth", "jwt_secret") != secret
+
+
+@pytest.mark.parametrize(
+    ("old", "environ"),
+    [
+        ("[api_auth]\njwt_secret = the-operators-own\n", {}),
+        ("[api_auth]\njwt_private_key_path = /etc/airflow/jwt.pem\n", {}),
+        ("[webserver]\nsecret_key = s\n", {"AIRFLOW__API_AUTH__JWT_SECRET_CMD": "cat /x"}),
+    ],
+)
+def test_a_jwt_secret_the_operator_set_is_left_alone(old: str, environ: dict[str, str]) -> None:
+    text, report = carry_over(_cfg(old), {}, JWT_DEFAULTS, Maps(), environ)
+    assert report.added == []
+    if "the-operators-own" in old:
+        assert _cfg(text).get("api_auth", "jwt_secret") == "the-operators-own"
+    else:
+        assert not _cfg(text).has_option("api_auth", "jwt_secret")
+
+
+def test_no_jwt_secret_is_added_for_a_target_without_one() -> None:
+    _, report = carry_over(_cfg("[webserver]\nsecret_key = s\n"), {}, "[core]\n", Maps(), {})
+    assert report.added == []
+
+
 def test_a_removal_that_depends_on_the_value_keeps_other_values() -> None:
     maps = Maps(removed={("core", "hostname"): (":", "")})
     old = _cfg("[core]\nhostname = myhost\n")

@@ -109,8 +109,8 @@ class JobRow:
             int(row.id),
             row.hostname,
             row.unixname,
-            _as_epoch(row.start_date),
-            _as_epoch(row.latest_heartbeat),
+            as_epoch(row.start_date),
+            as_epoch(row.latest_heartbeat),
         )
 
 
@@ -135,7 +135,7 @@ def _launch_order(row: JobRow, started_wall: float) -> tuple[bool, float, int]:
     return start < started_wall, start, row.id
 
 
-def _as_epoch(value: object) -> float | None:
+def as_epoch(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, str):

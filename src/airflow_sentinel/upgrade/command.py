@@ -242,7 +242,21 @@ def _print_plan(
     default=300.0,
     show_default=True,
     type=float,
-    help="Seconds the new scheduler has to heartbeat.",
+    help="Seconds each check of the verify step may wait: the new scheduler's heartbeat, "
+    "the canary task, a new parse of the DAGs, the api-server's health.",
+)
+@click.option(
+    "--no-canary",
+    is_flag=True,
+    help="Do not run the canary task (a one-task DAG of ours, placed in the DAGs folder, run "
+    "through the executor, then removed with its rows).",
+)
+@click.option(
+    "--api-url",
+    default="",
+    metavar="URL",
+    help="The target's api-server (webserver on 2.x), e.g. http://localhost:8080: verify "
+    "waits until its health endpoint reports a healthy metadatabase.",
 )
 def run_command(
     to_version: str,
@@ -258,6 +272,8 @@ def run_command(
     start_command: str,
     old_start_command: str | None,
     verify_timeout: float,
+    no_canary: bool,
+    api_url: str,
 ) -> None:
     """Upgrade this node (and, on the first node, the cluster's database)."""
     inst = discover(load_airflow_config(), airflow_env)
@@ -282,6 +298,7 @@ def run_command(
             "old_start": start_command if old_start_command is None else old_start_command,
             "verify_timeout": verify_timeout,
         }
+        run.facts["verify"] = {"canary": not no_canary, "api_url": _checked_url(api_url)}
         run.cluster_role = _claim_role(controllers, run, inst)
         journal.create(run)
         click.echo(
@@ -346,6 +363,7 @@ def _context(
 ) -> Context:
     settings = load_settings({})
     opts = run.facts.get("services", {})
+    checks = run.facts.get("verify", {})
     return Context(
         run=run,
         journal=journal,
@@ -365,7 +383,15 @@ def _context(
         hold_timeout=settings.lease_ttl + settings.stop_timeout + 60,
         verify_timeout=float(opts.get("verify_timeout", 300)),
         stale_after=max(settings.lease_ttl, 3 * settings.renew_interval),
+        canary=bool(checks.get("canary", True)),
+        api_url=str(checks.get("api_url", "")),
     )
+
+
+def _checked_url(url: str) -> str:
+    if url and not url.startswith(("http://", "https://")):
+        raise UserError(f"--api-url {url}: not a URL; give http://HOST:PORT or https://HOST:PORT")
+    return url
 
 
 @contextmanager

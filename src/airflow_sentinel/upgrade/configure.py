@@ -9,9 +9,13 @@ the report: they may be secrets.
 
 from __future__ import annotations
 
+import base64
 import configparser
+import hashlib
+import hmac
 import json
 import re
+import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -109,11 +113,13 @@ class Report:
     defaults_changed: list[str] = field(default_factory=list)
     environment: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out: list[str] = []
         for title, items in (
             ("conflicts: an old and a new name both set", self.conflicts),
+            ("added: needed by the target, not in the old file", self.added),
             ("carried (changed from the old defaults)", self.carried),
             ("renamed or moved", self.renamed),
             ("dropped: obsolete in the target", self.dropped),
@@ -132,6 +138,8 @@ class Report:
         )
         if self.conflicts:
             text += f", {len(self.conflicts)} conflicting pair(s) settled as the old version did"
+        if self.added:
+            text += f", {len(self.added)} added ({', '.join(a.split(':')[0] for a in self.added)})"
         return text
 
 
@@ -202,7 +210,52 @@ def carry_over(
                 bucket = report.carried if option in new_defaults else report.unknown_kept
                 bucket.append(name)
     _environment_notes(environ, maps, report)
+    _shared_jwt_secret(old_cfg, new_defaults, environ, placed, report)
     return render(new_defaults_text, placed), report
+
+
+JWT_SECRET: Option = ("api_auth", "jwt_secret")
+_JWT_ALTERNATIVES = (JWT_SECRET, ("api_auth", "jwt_private_key_path"))
+# Secrets every node of a cluster already shares, in the order one is used as a seed.
+_JWT_SEEDS = (("webserver", "secret_key"), ("api", "secret_key"), ("core", "fernet_key"))
+
+
+def _shared_jwt_secret(
+    old_cfg: configparser.ConfigParser,
+    new_defaults: dict[Option, str],
+    environ: dict[str, str],
+    placed: dict[Option, str],
+    report: Report,
+) -> None:
+    """Airflow 3's scheduler signs the tokens its tasks present to the api-server. With no
+    `[api_auth] jwt_secret` in the file, each process draws a random one of its own and
+    every task fails. Derived from a secret the cluster's nodes already share, every node
+    upgraded from the same file gets the same one."""
+    if JWT_SECRET not in new_defaults or any(o in placed for o in _JWT_ALTERNATIVES):
+        return
+    if any(old_cfg.has_option(*o) and old_cfg.get(*o, raw=True).strip() for o in _JWT_ALTERNATIVES):
+        return
+    variable = "AIRFLOW__API_AUTH__JWT_SECRET"
+    if any(name in environ for name in (variable, f"{variable}_CMD", f"{variable}_SECRET")):
+        return
+    seed = next(
+        (o for o in _JWT_SEEDS if old_cfg.has_option(*o) and old_cfg.get(*o, raw=True).strip()),
+        None,
+    )
+    if seed is None:
+        placed[JWT_SECRET] = secrets.token_urlsafe(32)
+        report.added.append(
+            "[api_auth] jwt_secret: random (no shared secret to derive it from); give every "
+            "node and the api-server the same value"
+        )
+        return
+    key = old_cfg.get(*seed, raw=True).strip().encode()
+    digest = hmac.new(key, b"airflow-sentinel [api_auth] jwt_secret", hashlib.sha256).digest()
+    placed[JWT_SECRET] = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    report.added.append(
+        f"[api_auth] jwt_secret: derived from [{seed[0]}] {seed[1]}, so every node upgraded "
+        "from the same file shares it (the scheduler and the api-server must)"
+    )
 
 
 def _settle_conflicts(

@@ -253,11 +253,11 @@ class Installation:
             "metastore_schema": url.database or "-",
             "metastore_user": url.username or "-",
             "executor": self.option("core", "executor") or "default",
-            "broker": _mask_any(self.option("celery", "broker_url") or "-"),
+            "broker": mask_url_password(self.option("celery", "broker_url") or "-"),
         }
 
 
-def _mask_any(url: str) -> str:
+def mask_url_password(url: str) -> str:
     """Any URL with its password replaced (brokers are not metastores)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 

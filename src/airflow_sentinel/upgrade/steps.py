@@ -3,6 +3,7 @@ kill -9 repeats the step that was under way, and that must be safe."""
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 import time
@@ -11,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
 from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
-from airflow_sentinel.upgrade import configure, files, sqlite_migration, survival, verify
+from airflow_sentinel.upgrade import canary, configure, files, sqlite_migration, survival, verify
 from airflow_sentinel.upgrade.databases import Database, SqliteDatabase
 from airflow_sentinel.upgrade.installation import AirflowEnv, Installation, UpgradeError
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run
@@ -37,6 +40,21 @@ class Context:
     verify_timeout: float
     stale_after: float
     journal_error: str = ""  # the last failure to write the journal, if any
+    canary: bool = True  # verify runs a task of ours through the executor
+    api_url: str = ""  # verify asks the api-server (webserver on 2.x) for its health
+
+    @property
+    def dags_folder(self) -> Path:
+        return Path(self.installation.option("core", "dags_folder") or self.home / "dags")
+
+    @property
+    def logs_folder(self) -> Path:
+        return Path(self.installation.option("logging", "base_log_folder") or self.home / "logs")
+
+    @property
+    def runs_canary(self) -> bool:
+        """Only a scheduler runs it: none ran before the upgrade, none runs after it."""
+        return self.canary and bool(self.run.facts.get("scheduler_was_running"))
 
     @property
     def folder(self) -> Path:
@@ -248,6 +266,7 @@ def configure_step(ctx: Context) -> str:
     if block:
         text = text.rstrip("\n") + "\n\n" + block
     _private_write(ctx.staged_config, text)  # it holds the same secrets as airflow.cfg
+    ctx.run.facts["executor"] = _target_executor(ctx, text, new_defaults)
     lint = _lint(ctx)
     report_path = ctx.folder / "config-report.txt"
     _private_write(report_path, "\n".join([*report.lines(), *lint]) + "\n")
@@ -359,8 +378,11 @@ def point_link(link: Path, target: Path) -> None:
 
 
 def start(ctx: Context, version: str = "new") -> str:
+    notes = []
+    if version == "new" and ctx.runs_canary:  # before the first parse: it lists new files
+        notes.append(f"canary DAG placed in {canary.place(ctx.dags_folder).parent}")
     ctx.run.facts["started_wall"] = time.time()
-    notes = [ctx.services.start(version)]
+    notes.append(ctx.services.start(version))
     if ctx.controllers is not None and ctx.leader:
         ctx.controllers.release()
         notes.append("controllers released")
@@ -375,13 +397,88 @@ def verify_step(ctx: Context) -> str:
         )
         ctx.run.facts["heartbeat_wall"] = time.time()
         notes.append(f"scheduler heartbeat after {waited:.1f}s")
+    if ctx.api_url:
+        notes.append(verify.wait_for_api(ctx.api_url, ctx.run.to_version, ctx.verify_timeout))
+    if ctx.runs_canary:
+        notes.append(_canary(ctx))
+    before = verify.Facts.from_dict(ctx.run.facts["before"])
+    if ctx.run.facts.get("scheduler_was_running") and before.dags:
+        notes.append(_parsed_again(ctx))
     after = verify.gather(ctx.new_env, ctx.home, ctx.installation.db_url)
     ctx.run.facts["after"] = after.as_dict()
-    found = verify.problems(verify.Facts.from_dict(ctx.run.facts["before"]), after)
+    found = verify.problems(before, after)
     if found:
         raise UpgradeError("; ".join(found))
     notes.append(f"{len(after.dags)} DAGs, no new import errors, plugins load")
     return "; ".join(notes)
+
+
+def _canary(ctx: Context) -> str:
+    """Our one-task DAG, followed to its end; removed with its rows either way (a failed
+    one stays in the task log folder for the operator to read)."""
+    watch = canary.Watch(ctx.installation.db_url)
+    try:
+        ok, progress, waited = canary.follow(watch.progress, ctx.verify_timeout)
+    finally:
+        watch.close()
+    if not ok:
+        _remove_canary(ctx)
+        raise UpgradeError(
+            canary.failure(progress, ctx.verify_timeout, _executor(ctx), ctx.dags_folder)
+        )
+    removed = canary.clean(
+        ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
+    )
+    ctx.run.facts["canary_seconds"] = round(waited, 1)
+    return (
+        f"canary task succeeded on {_executor(ctx)} in {waited:.1f}s "
+        f"(removed: {', '.join(removed)})"
+    )
+
+
+def _remove_canary(ctx: Context) -> None:
+    """On a failure: the file always, so the old version does not find it; the rows only
+    when no rollback will restore the database. The task log stays for the operator."""
+    try:
+        if ctx.run.no_rollback:
+            canary.clean(ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, None)
+        else:
+            canary.remove_file(ctx.dags_folder)
+    except (OSError, UpgradeError, SQLAlchemyError) as exc:
+        log.warning("could not remove the canary DAG: %s", exc)
+
+
+def _target_executor(ctx: Context, staged: str, new_defaults: str) -> str:
+    """The executor the target runs: the environment's, the staged file's, or its default."""
+    parsed = configparser.ConfigParser(interpolation=None, strict=False)
+    parsed.read_string(staged)
+    return (
+        os.environ.get("AIRFLOW__CORE__EXECUTOR")
+        or parsed.get("core", "executor", fallback="").strip()
+        or configure.parse_defaults(new_defaults).get(("core", "executor"), "")
+    )
+
+
+def _executor(ctx: Context) -> str:
+    return str(ctx.run.facts.get("executor") or "the configured executor")
+
+
+def _parsed_again(ctx: Context) -> str:
+    """The DAG processor of the target parses the operator's DAGs: their newest parse
+    time moves past the start (on Airflow 3 only `airflow dag-processor` parses)."""
+    started = float(ctx.run.facts["started_wall"])
+    watch = canary.Watch(ctx.installation.db_url)
+    try:
+        verify.wait_until(
+            lambda: (watch.newest_parse() or 0.0) > started,
+            ctx.verify_timeout,
+            f"no DAG was parsed within {ctx.verify_timeout:g}s of the start: is a DAG processor "
+            f"running (on Airflow 3: `airflow dag-processor`) and reading {ctx.dags_folder}?",
+        )
+        parsed = watch.newest_parse() or started
+    finally:
+        watch.close()
+    return f"DAGs parsed again, the newest {parsed - started:.1f}s after the start"
 
 
 def forward_steps(in_place: bool) -> tuple[str, ...]:
@@ -414,6 +511,8 @@ FORWARD: dict[str, Step] = {
 def undo_stop(ctx: Context) -> str:
     if not ctx.run.reached("stop"):
         return "nothing to stop"
+    if ctx.run.reached("start"):
+        canary.remove_file(ctx.dags_folder)  # the old version must not find our DAG
     return stop(ctx)
 
 

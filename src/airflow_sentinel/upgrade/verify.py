@@ -1,15 +1,20 @@
-"""What "it works" means, before and after: DAGs, import errors, plugins, a heartbeat."""
+"""What "it works" means, before and after: DAGs, import errors, plugins, a heartbeat,
+the api-server's health (the canary task is in canary.py)."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_sentinel.controller.health import JobTableProbe
-from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError
+from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError, mask_url_password
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,50 @@ def wait_for_heartbeat(airflow_db_url: str, since_wall: float, timeout: float) -
             return time.monotonic() - started
         time.sleep(0.2)  # the downtime ends with this heartbeat: see it soon
     raise UpgradeError(f"no scheduler heartbeat within {timeout:g}s")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, failure: str) -> float:
+    """Seconds until ``condition`` holds; UpgradeError(``failure``) at the deadline."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started >= timeout:
+            raise UpgradeError(failure)
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def health_url(base_url: str, version: str) -> str:
+    """Airflow 3's api-server answers /api/v2/monitor/health; 2.x's webserver /health."""
+    major = int(version.split(".", maxsplit=1)[0])
+    path = "/api/v2/monitor/health" if major >= 3 else "/health"
+    return base_url.rstrip("/") + path
+
+
+def wait_for_api(base_url: str, version: str, timeout: float) -> str:
+    """Until the api-server says its metadatabase is healthy; the components it reports,
+    or UpgradeError with the last answer at the deadline."""
+    url = health_url(base_url, version)
+    last = "no answer"
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (operator's URL)
+                health = json.loads(answer.read() or b"{}")
+            statuses = {
+                name: str(part.get("status"))
+                for name, part in health.items()
+                if isinstance(part, dict)
+            }
+            if statuses.get("metadatabase") == "healthy":
+                seen = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+                return f"api-server healthy after {time.monotonic() - started:.1f}s ({seen})"
+            last = f"metadatabase {statuses.get('metadatabase')}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            last = type(exc).__name__ if not str(exc) else str(exc)[:120]
+        time.sleep(0.5)
+    raise UpgradeError(
+        f"the api-server at {mask_url_password(url)} did not answer healthy within "
+        f"{timeout:g}s: {last}"
+    )
