@@ -26,7 +26,7 @@ from airflow_sentinel.upgrade.databases import open_database
 from airflow_sentinel.upgrade.installation import AirflowEnv
 from airflow_sentinel.upgrade.journal import Journal
 from airflow_sentinel.upgrade.survival import compare
-from tests.support.airflow_site import OLD_EXTRAS, Site
+from tests.support.airflow_site import CELERY_EXTRAS, OLD_EXTRAS, PG_ADMIN, Site
 from tests.support.cluster import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
@@ -227,7 +227,7 @@ def assert_configuration_carried(site: Site, run: dict[str, Any]) -> None:
     assert "[api_auth] jwt_secret: derived from [webserver] secret_key" in report
     parsed = configparser.ConfigParser(interpolation=None, strict=False)
     parsed.read_string(cfg)
-    assert len(parsed.get("api_auth", "jwt_secret")) >= 32  # else every task's token fails
+    assert len(parsed.get("api_auth", "jwt_secret")) >= 86  # 64 bytes; else tokens fail
     installed = Path(run["facts"]["installed_packages"]).read_text().splitlines()
     assert f"apache-airflow=={NEW}" in installed  # the exact set the target got
     # Backups are the owner's alone.
@@ -619,3 +619,54 @@ def test_mariadb_minor_upgrade_and_restore_and_no_airflow_3(maria: Site) -> None
     save_timings(maria, "minor-upgrade", last_run(maria))
     assert "2.10.5" in maria.airflow("version")
     assert "42" in maria.airflow("variables", "get", "sentinel_var")
+
+
+# -- CeleryExecutor ---------------------------------------------------------------------------
+CELERY_DB = "sentinel_upgrade_celery"
+
+
+@pytest.fixture(scope="module")
+def celery_site() -> Iterator[Site]:
+    base = Path("/tmp/airflow-sentinel-upgrade-celery")
+    result_backend = PG_ADMIN.replace("postgresql+psycopg", "db+postgresql").replace(
+        "/postgres", f"/{CELERY_DB}"
+    )
+    site = Site(
+        "postgresql",
+        base,
+        OLD,
+        label="celery",
+        extras=CELERY_EXTRAS,
+        options=(
+            ("core", "executor", "CeleryExecutor"),
+            ("celery", "broker_url", "amqp://guest:guest@127.0.0.1:5672//"),
+            ("celery", "result_backend", result_backend),
+        ),
+    )
+    site.build_template()
+    site.restore()
+    yield site
+    site.drop_databases()
+    subprocess.run(["rm", "-rf", str(site.base)], check=False)
+
+
+def test_the_canary_runs_through_celery_workers_after_the_upgrade(celery_site: Site) -> None:
+    """CeleryExecutor with RabbitMQ: the canary's task goes through the broker to a worker
+    of the target (started by the run beside the api-server and the dag-processor) and its
+    result comes back; nothing of it stays behind."""
+    site = celery_site
+    work = site.work()
+    services = ("api-server", "dag-processor", "celery-worker")
+    with site.controller(), target_services(site, *services) as flags:
+        wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
+        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", *flags)
+        assert done.returncode == 0, done.stdout + done.stderr
+        run = last_run(site)
+        save_timings(site, "upgrade-celery", run)
+        verified = next(s for s in run["steps"] if s["name"] == "verify")["detail"]
+        print(f"\ncelery verify: {verified}")
+        assert "canary task succeeded on CeleryExecutor" in verified
+        assert_canary_gone(site)
+        assert site.work() == work
+        installed = Path(run["facts"]["installed_packages"]).read_text().splitlines()
+        print("celery packages: " + ", ".join(p for p in installed if "celery" in p))

@@ -90,11 +90,23 @@ CUSTOM = {
 TEAM_SECTION = "\n[team]\n# not an Airflow option: kept as it is\nowner = data-platform\n"
 
 
+CELERY_EXTRAS = (
+    *OLD_EXTRAS,
+    # 2.10.5's own constraints: unpinned, the resolver picks a provider whose tasks all fail
+    "apache-airflow-providers-celery==3.10.0",
+    "celery==5.4.0",
+    "kombu==5.4.2",
+)
+
+
 @dataclass
 class Site:
     backend: str
     base: Path
     old_version: str
+    label: str = ""  # names the database when two sites share a server
+    extras: tuple[str, ...] = OLD_EXTRAS
+    options: tuple[tuple[str, str, str], ...] = ()  # (section, key, value) set on top
 
     @property
     def home(self) -> Path:
@@ -110,11 +122,11 @@ class Site:
 
     @property
     def old_env(self) -> Path:
-        return ensure_airflow_venv(self.old_version, extras=OLD_EXTRAS)
+        return ensure_airflow_venv(self.old_version, extras=self.extras)
 
     @property
     def db_name(self) -> str:
-        return f"sentinel_upgrade_{self.backend}"
+        return f"sentinel_upgrade_{self.label or self.backend}"
 
     @property
     def db_url(self) -> str:
@@ -193,6 +205,8 @@ class Site:
         values[("core", "executor")] = (
             "SequentialExecutor" if self.backend == "sqlite" else "LocalExecutor"
         )
+        for section, key, value in self.options:
+            values[(section, key)] = value
         for (section, key), value in values.items():
             text = _set_option(text, section, key, value)
         sentinel = (

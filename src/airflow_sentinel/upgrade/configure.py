@@ -230,7 +230,8 @@ def _shared_jwt_secret(
     """Airflow 3's scheduler signs the tokens its tasks present to the api-server. With no
     `[api_auth] jwt_secret` in the file, each process draws a random one of its own and
     every task fails. Derived from a secret the cluster's nodes already share, every node
-    upgraded from the same file gets the same one."""
+    upgraded from the same file gets the same one: 64 bytes, as HS512 (Airflow's choice
+    for a shared secret) wants."""
     if JWT_SECRET not in new_defaults or any(o in placed for o in _JWT_ALTERNATIVES):
         return
     if any(old_cfg.has_option(*o) and old_cfg.get(*o, raw=True).strip() for o in _JWT_ALTERNATIVES):
@@ -243,14 +244,14 @@ def _shared_jwt_secret(
         None,
     )
     if seed is None:
-        placed[JWT_SECRET] = secrets.token_urlsafe(32)
+        placed[JWT_SECRET] = secrets.token_urlsafe(64)
         report.added.append(
             "[api_auth] jwt_secret: random (no shared secret to derive it from); give every "
             "node and the api-server the same value"
         )
         return
     key = old_cfg.get(*seed, raw=True).strip().encode()
-    digest = hmac.new(key, b"airflow-sentinel [api_auth] jwt_secret", hashlib.sha256).digest()
+    digest = hmac.new(key, b"airflow-sentinel [api_auth] jwt_secret", hashlib.sha512).digest()
     placed[JWT_SECRET] = base64.urlsafe_b64encode(digest).decode().rstrip("=")
     report.added.append(
         f"[api_auth] jwt_secret: derived from [{seed[0]}] {seed[1]}, so every node upgraded "
