@@ -26,7 +26,7 @@ from airflow_sentinel.upgrade.databases import open_database
 from airflow_sentinel.upgrade.installation import AirflowEnv
 from airflow_sentinel.upgrade.journal import Journal
 from airflow_sentinel.upgrade.survival import compare
-from tests.support.airflow_site import CELERY_EXTRAS, OLD_EXTRAS, PG_ADMIN, Site
+from tests.support.airflow_site import CELERY_EXTRAS, OLD_EXTRAS, Site
 from tests.support.cluster import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
@@ -457,8 +457,15 @@ def test_a_target_that_cannot_install_rolls_back(site: Site, tmp_path: Path) -> 
     assert "2.10.5" in site.airflow("version")
 
 
-def test_rollback_with_a_scheduler_brings_the_old_version_back(site: Site) -> None:
-    """The new scheduler ran (and wrote); then verify failed: the old one runs again."""
+def test_airflow_3_without_a_dag_processor_fails_verify_and_the_old_version_comes_back(
+    site: Site,
+) -> None:
+    """The operator upgraded to Airflow 3 and started none of its new services: the new
+    scheduler heartbeats, but nothing parses a DAG and no task can run. Verify says so (the
+    canary is never parsed), the rollback restores what the new scheduler wrote, and the old
+    scheduler runs again; the canary's file is gone from the DAGs folder."""
+    if NEW.startswith("2."):
+        pytest.skip("Airflow 2's scheduler parses the DAGs itself")
     with site.controller():
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
         work = {
@@ -466,14 +473,18 @@ def test_rollback_with_a_scheduler_brings_the_old_version_back(site: Site) -> No
             for t, r in site.table_rows().items()
             if t in ("connection", "variable", "slot_pool", "dag_run", "task_instance")
         }
-        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", fail_after="verify")
+        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "45")
         assert done.returncode == 1, done.stdout + done.stderr
+        assert f"canary DAG {canary.DAG_ID} was not parsed within 45s" in done.stderr
+        assert "`airflow dag-processor`" in done.stderr and "rolled back" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
         run = last_run(site)
         save_timings(site, "rollback-after-verify", run)
         assert run["state"] == "rolled back"
         wait_until(lambda: scheduler_env_version() == {"2.10.5"}, 240, "the old scheduler")
         after = site.table_rows()
         assert {t: after[t] for t in work} == work
+        assert not (site.home / "dags" / canary.FILE_NAME).exists()
 
 
 def test_in_place_upgrade_then_rollback(site: Site) -> None:
@@ -628,9 +639,7 @@ CELERY_DB = "sentinel_upgrade_celery"
 @pytest.fixture(scope="module")
 def celery_site() -> Iterator[Site]:
     base = Path("/tmp/airflow-sentinel-upgrade-celery")
-    result_backend = PG_ADMIN.replace("postgresql+psycopg", "db+postgresql").replace(
-        "/postgres", f"/{CELERY_DB}"
-    )
+    result_backend = f"db+postgresql://postgres@127.0.0.1:5432/{CELERY_DB}"
     site = Site(
         "postgresql",
         base,
@@ -650,16 +659,36 @@ def celery_site() -> Iterator[Site]:
     subprocess.run(["rm", "-rf", str(site.base)], check=False)
 
 
-def test_the_canary_runs_through_celery_workers_after_the_upgrade(celery_site: Site) -> None:
+# Celery 5.7 dropped what every Celery provider up to 3.26 imports (`retry` from
+# celery.backends.database): resolved unpinned, the target's scheduler cannot start, and
+# the upgrade rolls back. Airflow's constraints files pin it; this is the part that matters.
+CELERY_CONSTRAINTS = "celery==5.6.3\nkombu==5.6.2\n"
+
+
+def test_the_canary_runs_through_celery_workers_after_the_upgrade(
+    celery_site: Site, tmp_path: Path
+) -> None:
     """CeleryExecutor with RabbitMQ: the canary's task goes through the broker to a worker
     of the target (started by the run beside the api-server and the dag-processor) and its
     result comes back; nothing of it stays behind."""
     site = celery_site
     work = site.work()
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(CELERY_CONSTRAINTS)
     services = ("api-server", "dag-processor", "celery-worker")
     with site.controller(), target_services(site, *services) as flags:
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
-        done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", *flags)
+        done = upgrade(
+            site,
+            "run",
+            "--to",
+            NEW,
+            "--verify-timeout",
+            "240",
+            "--constraints",
+            str(constraints),
+            *flags,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         run = last_run(site)
         save_timings(site, "upgrade-celery", run)
