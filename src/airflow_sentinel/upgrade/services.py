@@ -127,6 +127,11 @@ AIRFLOW_3_SERVICES = (
     "file is parsed and new DAGs never appear",
     "triggerer: unchanged (`airflow triggerer`), needed for deferrable tasks",
     "scheduler: kept by the failover controller, as before",
+    "tasks reach the api-server's execution API with tokens the scheduler signs: both need "
+    "one [api_auth] jwt_secret (configure adds one, the same on every node, if the file has "
+    "none)",
+    "verify runs a canary task, which needs all of these: pass --api-url to check the "
+    "api-server's health too",
 )
 
 
