@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.controller.health import as_epoch
 from airflow_sentinel.metastore.sql import create_sql_engine
@@ -115,14 +116,25 @@ class Watch:
 
     def __init__(self, airflow_db_url: str, op_timeout: float = 10.0) -> None:
         self._engine = create_sql_engine(normalize_metastore_url(airflow_db_url), op_timeout)
+        self._last = Progress(False, None, None)
 
     def progress(self) -> Progress:
-        with self._engine.connect() as conn:
-            parsed = conn.execute(sa.select(DAG.c.dag_id).where(DAG.c.dag_id == DAG_ID)).first()
-            run = conn.execute(sa.select(DAG_RUN.c.state).where(DAG_RUN.c.dag_id == DAG_ID)).first()
-            task = conn.execute(
-                sa.select(TASK.c.state).where(TASK.c.dag_id == DAG_ID, TASK.c.task_id == TASK_ID)
-            ).first()
+        """The canary's progress; the last one read while the database does not answer
+        (a blip must not fail the check, its deadline still runs)."""
+        try:
+            with self._engine.connect() as conn:
+                self._last = self._read(conn)
+        except SQLAlchemyError:
+            pass
+        return self._last
+
+    @staticmethod
+    def _read(conn: sa.Connection) -> Progress:
+        parsed = conn.execute(sa.select(DAG.c.dag_id).where(DAG.c.dag_id == DAG_ID)).first()
+        run = conn.execute(sa.select(DAG_RUN.c.state).where(DAG_RUN.c.dag_id == DAG_ID)).first()
+        task = conn.execute(
+            sa.select(TASK.c.state).where(TASK.c.dag_id == DAG_ID, TASK.c.task_id == TASK_ID)
+        ).first()
         return Progress(
             parsed is not None,
             None if run is None else str(run[0]),
@@ -130,10 +142,14 @@ class Watch:
         )
 
     def newest_parse(self) -> float | None:
-        """When the operator's DAGs were last parsed (seconds since the epoch)."""
+        """When the operator's DAGs were last parsed (seconds since the epoch), None when
+        unknown."""
         query = sa.select(sa.func.max(DAG.c.last_parsed_time)).where(DAG.c.dag_id != DAG_ID)
-        with self._engine.connect() as conn:
-            return as_epoch(conn.execute(query).scalar())
+        try:
+            with self._engine.connect() as conn:
+                return as_epoch(conn.execute(query).scalar())
+        except SQLAlchemyError:
+            return None  # not answering now: the check's deadline runs on
 
     def present(self) -> bool:
         with self._engine.connect() as conn:

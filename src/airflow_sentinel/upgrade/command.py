@@ -276,6 +276,7 @@ def run_command(
     api_url: str,
 ) -> None:
     """Upgrade this node (and, on the first node, the cluster's database)."""
+    api_url = _checked_url(api_url)  # a mistake is found before the preflight's minute
     inst = discover(load_airflow_config(), airflow_env)
     journal = _journal(state_dir)
     with _metastore() as store:
@@ -298,7 +299,7 @@ def run_command(
             "old_start": start_command if old_start_command is None else old_start_command,
             "verify_timeout": verify_timeout,
         }
-        run.facts["verify"] = {"canary": not no_canary, "api_url": _checked_url(api_url)}
+        run.facts["verify"] = {"canary": not no_canary, "api_url": api_url}
         run.cluster_role = _claim_role(controllers, run, inst)
         journal.create(run)
         click.echo(

@@ -414,8 +414,20 @@ def verify_step(ctx: Context) -> str:
 
 
 def _canary(ctx: Context) -> str:
-    """Our one-task DAG, followed to its end; removed with its rows either way (a failed
-    one stays in the task log folder for the operator to read)."""
+    """Our one-task DAG, followed to its end, then removed with its rows."""
+    waited = ctx.run.facts.get("canary_seconds")
+    if waited is None:  # a verify resumed after the canary succeeded only cleans up
+        waited = _follow_canary(ctx)
+    removed = canary.clean(
+        ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
+    )
+    return (
+        f"canary task succeeded on {_executor(ctx)} in {float(waited):.1f}s "
+        f"(removed: {', '.join(removed) or 'nothing left'})"
+    )
+
+
+def _follow_canary(ctx: Context) -> float:
     watch = canary.Watch(ctx.installation.db_url)
     try:
         ok, progress, waited = canary.follow(watch.progress, ctx.verify_timeout)
@@ -426,14 +438,9 @@ def _canary(ctx: Context) -> str:
         raise UpgradeError(
             canary.failure(progress, ctx.verify_timeout, _executor(ctx), ctx.dags_folder)
         )
-    removed = canary.clean(
-        ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
-    )
     ctx.run.facts["canary_seconds"] = round(waited, 1)
-    return (
-        f"canary task succeeded on {_executor(ctx)} in {waited:.1f}s "
-        f"(removed: {', '.join(removed)})"
-    )
+    ctx.journal.save(ctx.run)  # its rows go next: a resumed verify must not wait for it
+    return waited
 
 
 def _remove_canary(ctx: Context) -> None:
