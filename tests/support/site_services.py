@@ -38,8 +38,8 @@ def start(base: Path, names: list[str]) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command, as a daemon would
         )
-        with pids.open("a") as out:
-            out.write(f"{proc.pid}\n")
+        with pids.open("a") as out:  # with its start time: a reused pid is not ours
+            out.write(f"{proc.pid} {psutil.Process(proc.pid).create_time()}\n")
 
 
 def stop(base: Path) -> None:
@@ -47,9 +47,12 @@ def stop(base: Path) -> None:
     if not pids.exists():
         return
     procs = []
-    for line in pids.read_text().split():
+    for line in pids.read_text().splitlines():
+        pid, started = line.split()
         with contextlib.suppress(psutil.NoSuchProcess):
-            leader = psutil.Process(int(line))
+            leader = psutil.Process(int(pid))
+            if leader.create_time() != float(started):
+                continue
             procs.extend([leader, *leader.children(recursive=True)])
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(leader.pid, signal.SIGTERM)

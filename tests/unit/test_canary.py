@@ -3,13 +3,19 @@ line that says where it got stuck. (The real canary runs in tests/integration/te
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from airflow_sentinel.errors import UserError
 from airflow_sentinel.upgrade import canary
 from airflow_sentinel.upgrade.canary import Progress, failure, follow, verdict
-from airflow_sentinel.upgrade.verify import health_url
+from airflow_sentinel.upgrade.command import _checked_url
+from airflow_sentinel.upgrade.installation import UpgradeError
+from airflow_sentinel.upgrade.verify import health_url, wait_for_api
 
 PARSED = Progress(True, None, None)
 QUEUED = Progress(True, "running", "queued")
@@ -104,3 +110,66 @@ def test_the_canary_file_is_placed_whole_readable_and_removed_with_its_bytecode(
 )
 def test_the_health_endpoint_follows_the_version(version: str, url: str) -> None:
     assert health_url("http://h:8080/", version) == url
+
+
+class _Health(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(type(self).body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, type[_Health]]]:
+    handler = type("Handler", (_Health,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_healthy_api_server_is_seen_with_its_components(
+    health_server: tuple[str, type[_Health]],
+) -> None:
+    url, handler = health_server
+    handler.body = b'{"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"}}'
+    line = wait_for_api(url, "3.3.2", 5)
+    assert "api-server healthy" in line and "scheduler healthy" in line
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"[1, 2]", "not a health answer"),
+        (b"<html>", "JSONDecodeError"),
+        (b'{"metadatabase": {"status": "unhealthy"}}', "metadatabase unhealthy"),
+    ],
+)
+def test_an_api_server_that_is_not_healthy_fails_in_one_line(
+    health_server: tuple[str, type[_Health]], body: bytes, said: str
+) -> None:
+    url, handler = health_server
+    handler.body = body
+    with pytest.raises(UpgradeError, match=said):
+        wait_for_api(url, "3.3.2", 0.6)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("localhost:8080", "not a URL"),
+        ("ftp://host", "not a URL"),
+        ("http://admin:s3cret@host:8080", "drop the user and password"),
+    ],
+)
+def test_a_bad_api_url_is_refused_without_echoing_a_password(url: str, said: str) -> None:
+    with pytest.raises(UserError, match=said) as raised:
+        _checked_url(url)
+    assert "s3cret" not in str(raised.value)

@@ -167,11 +167,23 @@ def test_crossing_to_3_every_node_gets_the_same_jwt_secret_derived_not_copied() 
     _, report = carry_over(_cfg(old), {}, JWT_DEFAULTS, Maps(), {})
     assert report.added == [
         "[api_auth] jwt_secret: derived from [webserver] secret_key, so every node upgraded "
-        "from the same file shares it (the scheduler and the api-server must)"
+        "with the same one shares it (the scheduler and the api-server must)"
     ]
     assert secret not in "\n".join(report.lines()) and "1 added" in report.summary()
     other = carry_over(_cfg("[webserver]\nsecret_key = another\n"), {}, JWT_DEFAULTS, Maps(), {})
     assert _cfg(other[0]).get("api_auth", "jwt_secret") != secret
+
+
+def test_a_secret_key_from_the_environment_seeds_the_jwt_secret_not_the_files_default() -> None:
+    """In containers the file's secret_key is each host's own random default; the variable
+    is what the cluster shares."""
+    old = _cfg("[webserver]\nsecret_key = this-hosts-random-default\n")
+    environ = {"AIRFLOW__WEBSERVER__SECRET_KEY": "shared"}
+    text, report = carry_over(old, {}, JWT_DEFAULTS, Maps(), environ)
+    other_host = _cfg("[webserver]\nsecret_key = another-hosts-default\n")
+    theirs = carry_over(other_host, {}, JWT_DEFAULTS, Maps(), environ)[0]
+    assert _cfg(text).get("api_auth", "jwt_secret") == _cfg(theirs).get("api_auth", "jwt_secret")
+    assert "derived from AIRFLOW__WEBSERVER__SECRET_KEY" in report.added[0]
 
 
 @pytest.mark.parametrize(

@@ -169,7 +169,7 @@ class JobTableProbe:
             raise UserError("health_check = heartbeat: Airflow's sql_alchemy_conn must be SQL")
         self._url = url
         self._timeout = timeout
-        self._engine = create_sql_engine(url, timeout)
+        self._engine = create_sql_engine(url, timeout, airflow_tables=True)
         self._owner = None if any_scheduler else owner or SchedulerOwner.of_this_process()
         self._run: float | None = None  # the launch time the pinned row belongs to
         self._pinned: int | None = None
@@ -231,7 +231,7 @@ class JobTableProbe:
         """A hung database: the next read opens a connection of its own, and the stuck one
         is left to its thread (the engine is disposed in the background, best effort)."""
         Call(self._engine.dispose, "heartbeat-probe-dispose")
-        self._engine = create_sql_engine(self._url, self._timeout)
+        self._engine = create_sql_engine(self._url, self._timeout, airflow_tables=True)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -104,7 +104,11 @@ def _server_now(dialect: str) -> sa.ColumnElement[Any]:
     return sa.cast(sa.literal_column(expression), sa.Double)
 
 
-def create_sql_engine(url: str, op_timeout: float) -> Engine:
+def create_sql_engine(url: str, op_timeout: float, airflow_tables: bool = False) -> Engine:
+    """``airflow_tables``: the engine reads Airflow's own tables. On MySQL their TIMESTAMP
+    columns read back in the session's time zone; Airflow sets every session to UTC and
+    reads its times as UTC, and so must we (never on our own tables: controllers of one
+    cluster must all read those alike)."""
     parsed = make_url(url)
     seconds = max(1, round(op_timeout))
     connect_args: dict[str, Any] = {}
@@ -127,7 +131,7 @@ def create_sql_engine(url: str, op_timeout: float) -> Engine:
     engine = sa.create_engine(
         url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300, future=True
     )
-    _set_session_timeouts(engine, parsed.drivername, seconds)
+    _set_session_timeouts(engine, parsed.drivername, seconds, utc=airflow_tables)
     return engine
 
 
@@ -137,19 +141,22 @@ def _create_private_sqlite_file(path: str) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
-def _set_session_timeouts(engine: Engine, driver: str, seconds: int) -> None:
+def _set_session_timeouts(engine: Engine, driver: str, seconds: int, utc: bool = False) -> None:
     if driver == "sqlite":
         return
-    statement = (
-        f"SET SESSION innodb_lock_wait_timeout = {seconds}"
+    statements = (
+        [f"SET SESSION innodb_lock_wait_timeout = {seconds}"]
         if driver.startswith("mysql")
-        else f"SET statement_timeout = {seconds * 1000}"
+        else [f"SET statement_timeout = {seconds * 1000}"]
     )
+    if utc and driver.startswith("mysql"):
+        statements.append("SET time_zone = '+00:00'")
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(statement)
+        for statement in statements:
+            cursor.execute(statement)
         cursor.close()
         if driver.startswith("postgresql"):
             dbapi_connection.commit()

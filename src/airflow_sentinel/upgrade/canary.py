@@ -115,7 +115,8 @@ class Watch:
     """Reads the canary's progress, and the DAGs' parse times, from Airflow's database."""
 
     def __init__(self, airflow_db_url: str, op_timeout: float = 10.0) -> None:
-        self._engine = create_sql_engine(normalize_metastore_url(airflow_db_url), op_timeout)
+        url = normalize_metastore_url(airflow_db_url)
+        self._engine = create_sql_engine(url, op_timeout, airflow_tables=True)
         self._last = Progress(False, None, None)
 
     def progress(self) -> Progress:
@@ -206,13 +207,17 @@ def failure(progress: Progress, timeout: float, executor: str, dags_folder: Path
 
 
 def clean(
-    env: AirflowEnv, home: Path, db_url: str, dags_folder: Path, logs: Path | None
+    env: AirflowEnv,
+    home: Path,
+    db_url: str,
+    dags_folder: Path | None,
+    logs: Path | None,
 ) -> list[str]:
     """Remove the file first (so no processor brings the DAG back), then its rows: every
     table's through Airflow's own `dags delete`, then the audit log's, which it keeps; then
-    the task logs unless ``logs`` is None."""
+    its task logs. A folder given as None is left alone."""
     done = []
-    if remove_file(dags_folder):
+    if dags_folder is not None and remove_file(dags_folder):
         done.append("file")
     watch = Watch(db_url)
     try:
@@ -231,5 +236,14 @@ def clean(
     task_logs = None if logs is None else logs / f"dag_id={DAG_ID}"
     if task_logs is not None and task_logs.is_dir():
         shutil.rmtree(task_logs, ignore_errors=True)
-        done.append("task logs")
+        done.append("task logs" if not task_logs.exists() else "task logs (in part)")
     return done
+
+
+def writable_folder(dags_folder: Path) -> str | None:
+    """Why the canary cannot be placed in ``dags_folder``, or None."""
+    if not dags_folder.is_dir():
+        return f"the DAGs folder {dags_folder} does not exist"
+    if not os.access(dags_folder, os.W_OK | os.X_OK):
+        return f"the DAGs folder {dags_folder} is not writable by this user"
+    return None

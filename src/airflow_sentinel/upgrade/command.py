@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -390,8 +391,14 @@ def _context(
 
 
 def _checked_url(url: str) -> str:
-    if url and not url.startswith(("http://", "https://")):
+    """The health endpoint needs no login; a URL with one would put it in the journal."""
+    if not url:
+        return url
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UserError(f"--api-url {url}: not a URL; give http://HOST:PORT or https://HOST:PORT")
+    if parsed.username or parsed.password:
+        raise UserError("--api-url: drop the user and password; the health endpoint needs no login")
     return url
 
 

@@ -239,10 +239,7 @@ def _shared_jwt_secret(
     variable = "AIRFLOW__API_AUTH__JWT_SECRET"
     if any(name in environ for name in (variable, f"{variable}_CMD", f"{variable}_SECRET")):
         return
-    seed = next(
-        (o for o in _JWT_SEEDS if old_cfg.has_option(*o) and old_cfg.get(*o, raw=True).strip()),
-        None,
-    )
+    seed = _jwt_seed(old_cfg, environ)
     if seed is None:
         placed[JWT_SECRET] = secrets.token_urlsafe(64)
         report.added.append(
@@ -250,13 +247,27 @@ def _shared_jwt_secret(
             "node and the api-server the same value"
         )
         return
-    key = old_cfg.get(*seed, raw=True).strip().encode()
-    digest = hmac.new(key, b"airflow-sentinel [api_auth] jwt_secret", hashlib.sha512).digest()
-    placed[JWT_SECRET] = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    source, value = seed
+    digest = hmac.new(value.encode(), b"airflow-sentinel [api_auth] jwt_secret", hashlib.sha512)
+    placed[JWT_SECRET] = base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
     report.added.append(
-        f"[api_auth] jwt_secret: derived from [{seed[0]}] {seed[1]}, so every node upgraded "
-        "from the same file shares it (the scheduler and the api-server must)"
+        f"[api_auth] jwt_secret: derived from {source}, so every node upgraded with the same "
+        "one shares it (the scheduler and the api-server must)"
     )
+
+
+def _jwt_seed(
+    old_cfg: configparser.ConfigParser, environ: dict[str, str]
+) -> tuple[str, str] | None:
+    """The first shared secret the old version used, and where it came from: a variable
+    overrides the file (the file's value is then each host's own random default)."""
+    for section, key in _JWT_SEEDS:
+        variable = f"AIRFLOW__{section.upper()}__{key.upper()}"
+        if environ.get(variable, "").strip():
+            return variable, environ[variable].strip()
+        if old_cfg.has_option(section, key) and old_cfg.get(section, key, raw=True).strip():
+            return f"[{section}] {key}", old_cfg.get(section, key, raw=True).strip()
+    return None
 
 
 def _settle_conflicts(

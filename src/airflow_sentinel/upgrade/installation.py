@@ -120,22 +120,28 @@ class AirflowEnv:
         ``log_to``: where a failure's whole output is kept (owner-only), for diagnosis.
         """
         program = [str(self.airflow)] if bootstrap is None else [str(self.python), "-c", bootstrap]
-        done = subprocess.run(
-            [*program, *args],
-            env={**airflow_environ(home), **(extra_env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        what = f"airflow {' '.join(args[:3])}"
+        try:
+            done = subprocess.run(
+                [*program, *args],
+                env={**airflow_environ(home), **(extra_env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise UpgradeError(f"{what} did not finish within {timeout:g}s") from None
+        except OSError as exc:
+            raise UpgradeError(f"{what}: cannot run {program[0]}: {exc.strerror}") from None
         if done.returncode not in accept:
             if log_to is not None:
                 _keep_output(log_to, done, secret_url)
             where = f" (all of its output in {log_to})" if log_to is not None else ""
             raise UpgradeError(
                 scrub(
-                    f"airflow {' '.join(args[:3])} failed: {last_line(done.stderr)}{where}",
+                    f"{what} failed: {last_line(done.stderr)}{where}",
                     secret_url,
                 )
             )

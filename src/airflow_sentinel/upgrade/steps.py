@@ -134,6 +134,13 @@ def check_dags(ctx: Context) -> str:
     }
     if int(ctx.run.to_version.split(".")[0]) < 3:
         env["AIRFLOW__CORE__EXECUTOR"] = "SequentialExecutor"  # 2.x refuses others on SQLite
+    if ctx.canary and ctx.leader:
+        unusable = canary.writable_folder(ctx.dags_folder)
+        if unusable is not None:
+            raise UpgradeError(
+                f"verify's canary task needs the DAGs folder: {unusable}; "
+                "fix it, or pass --no-canary"
+            )
     secret = ctx.installation.db_url
     ctx.new_env.run(["db", "migrate"], ctx.home, timeout=900, secret_url=secret, extra_env=env)
     target = verify.gather(ctx.new_env, ctx.home, secret, extra_env=env)
@@ -380,7 +387,7 @@ def point_link(link: Path, target: Path) -> None:
 def start(ctx: Context, version: str = "new") -> str:
     notes = []
     if version == "new" and ctx.runs_canary:  # before the first parse: it lists new files
-        notes.append(f"canary DAG placed in {canary.place(ctx.dags_folder).parent}")
+        notes.append(_place_canary(ctx))
     ctx.run.facts["started_wall"] = time.time()
     notes.append(ctx.services.start(version))
     if ctx.controllers is not None and ctx.leader:
@@ -413,18 +420,34 @@ def verify_step(ctx: Context) -> str:
     return "; ".join(notes)
 
 
+def _place_canary(ctx: Context) -> str:
+    """The file, after the rows of an earlier canary that was not cleaned up: a run of this
+    `@once` DAG left in the database would read as this one's, and stop a new one."""
+    if "canary_seconds" in ctx.run.facts:
+        return "canary already succeeded"
+    stale = canary.clean(ctx.new_env, ctx.home, ctx.installation.db_url, None, None)
+    placed = canary.place(ctx.dags_folder).parent
+    return f"canary DAG placed in {placed}" + (" (an earlier one's rows removed)" if stale else "")
+
+
 def _canary(ctx: Context) -> str:
-    """Our one-task DAG, followed to its end, then removed with its rows."""
+    """Our one-task DAG, followed to its end, then removed with its rows. A cleanup that
+    fails after a success is a warning: the upgrade worked."""
     waited = ctx.run.facts.get("canary_seconds")
     if waited is None:  # a verify resumed after the canary succeeded only cleans up
         waited = _follow_canary(ctx)
-    removed = canary.clean(
-        ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
-    )
-    return (
-        f"canary task succeeded on {_executor(ctx)} in {float(waited):.1f}s "
-        f"(removed: {', '.join(removed) or 'nothing left'})"
-    )
+    ran = f"canary task succeeded on {_executor(ctx)} in {float(waited):.1f}s"
+    try:
+        removed = canary.clean(
+            ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
+        )
+    except (OSError, UpgradeError, SQLAlchemyError) as exc:
+        log.warning("the canary DAG could not be removed: %s", exc)
+        return (
+            f"{ran}; NOT removed ({str(exc)[:160]}): delete {ctx.dags_folder / canary.FILE_NAME}"
+            f" and run `airflow dags delete -y {canary.DAG_ID}`"
+        )
+    return f"{ran} (removed: {', '.join(removed) or 'nothing left'})"
 
 
 def _follow_canary(ctx: Context) -> float:
@@ -434,7 +457,7 @@ def _follow_canary(ctx: Context) -> float:
     finally:
         watch.close()
     if not ok:
-        _remove_canary(ctx)
+        _after_failed_canary(ctx)
         raise UpgradeError(
             canary.failure(progress, ctx.verify_timeout, _executor(ctx), ctx.dags_folder)
         )
@@ -443,12 +466,13 @@ def _follow_canary(ctx: Context) -> float:
     return waited
 
 
-def _remove_canary(ctx: Context) -> None:
-    """On a failure: the file always, so the old version does not find it; the rows only
-    when no rollback will restore the database. The task log stays for the operator."""
+def _after_failed_canary(ctx: Context) -> None:
+    """With a rollback to come, the file goes now (the old version must not find it) and
+    the restore takes the rows. Without one, the rows go and the file stays, so that a
+    `resume` after the operator's fix finds it parsed and run again. The task log stays."""
     try:
         if ctx.run.no_rollback:
-            canary.clean(ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, None)
+            canary.clean(ctx.new_env, ctx.home, ctx.installation.db_url, None, None)
         else:
             canary.remove_file(ctx.dags_folder)
     except (OSError, UpgradeError, SQLAlchemyError) as exc:

@@ -3,6 +3,7 @@ the api-server's health (the canary task is in canary.py)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -120,24 +121,27 @@ def wait_for_api(base_url: str, version: str, timeout: float) -> str:
     last = "no answer"
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (operator's URL)
-                health = json.loads(answer.read() or b"{}")
-            statuses = {
-                name: str(part.get("status"))
-                for name, part in health.items()
-                if isinstance(part, dict)
-            }
-            if statuses.get("metadatabase") == "healthy":
-                seen = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
-                return f"api-server healthy after {time.monotonic() - started:.1f}s ({seen})"
-            last = f"metadatabase {statuses.get('metadatabase')}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
-            last = type(exc).__name__ if not str(exc) else str(exc)[:120]
+        statuses, last = _health(url)
+        if statuses.get("metadatabase") == "healthy":
+            seen = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+            return f"api-server healthy after {time.monotonic() - started:.1f}s ({seen})"
         time.sleep(0.5)
     raise UpgradeError(
         f"the api-server at {mask_url_password(url)} did not answer healthy within "
         f"{timeout:g}s: {last}"
     )
+
+
+def _health(url: str) -> tuple[dict[str, str], str]:
+    """The components' statuses of one health answer, and what was wrong if anything."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (operator's URL)
+            health = json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return {}, f"HTTP {exc.code}"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return {}, type(exc).__name__  # the text may quote the URL
+    if not isinstance(health, dict):
+        return {}, "not a health answer"
+    statuses = {n: str(part.get("status")) for n, part in health.items() if isinstance(part, dict)}
+    return statuses, f"metadatabase {statuses.get('metadatabase')}"
