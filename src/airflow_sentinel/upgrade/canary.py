@@ -30,8 +30,11 @@ from airflow_sentinel.upgrade.installation import QUIET_BOOTSTRAP, AirflowEnv
 DAG_ID = "airflow_sentinel_canary"
 FILE_NAME = f"{DAG_ID}.py"
 TASK_ID = "canary"
+RETRIES = 2
 SOURCE = f'''"""Placed by airflow-sentinel to verify an upgrade; it removes this file and the
 DAG's rows when the check is over. Safe to delete."""
+from datetime import timedelta
+
 import pendulum
 
 try:
@@ -49,7 +52,8 @@ with DAG(
     tags=["airflow-sentinel"],
 ):
 
-    @task(task_id="{TASK_ID}", retries=0)
+    # Retried: the first task after a start can meet an api-server still warming up.
+    @task(task_id="{TASK_ID}", retries={RETRIES}, retry_delay=timedelta(seconds=5))
     def canary() -> None:
         print("airflow-sentinel canary ran")
 
@@ -87,6 +91,7 @@ class Progress:
     parsed: bool  # the DAG is in the `dag` table: a processor parsed our file
     run_state: str | None  # of its one DAG run, None before the scheduler creates it
     task_state: str | None
+    tries: int = 0
 
     def stage(self) -> str:
         if not self.parsed:
@@ -107,7 +112,13 @@ def verdict(progress: Progress) -> bool | None:
 
 DAG = sa.table("dag", sa.column("dag_id"), sa.column("last_parsed_time"))
 DAG_RUN = sa.table("dag_run", sa.column("dag_id"), sa.column("state"))
-TASK = sa.table("task_instance", sa.column("dag_id"), sa.column("task_id"), sa.column("state"))
+TASK = sa.table(
+    "task_instance",
+    sa.column("dag_id"),
+    sa.column("task_id"),
+    sa.column("state"),
+    sa.column("try_number"),
+)
 LOG = sa.table("log", sa.column("dag_id"))
 
 
@@ -134,12 +145,15 @@ class Watch:
         parsed = conn.execute(sa.select(DAG.c.dag_id).where(DAG.c.dag_id == DAG_ID)).first()
         run = conn.execute(sa.select(DAG_RUN.c.state).where(DAG_RUN.c.dag_id == DAG_ID)).first()
         task = conn.execute(
-            sa.select(TASK.c.state).where(TASK.c.dag_id == DAG_ID, TASK.c.task_id == TASK_ID)
+            sa.select(TASK.c.state, TASK.c.try_number).where(
+                TASK.c.dag_id == DAG_ID, TASK.c.task_id == TASK_ID
+            )
         ).first()
         return Progress(
             parsed is not None,
             None if run is None else str(run[0]),
             None if task is None or task[0] is None else str(task[0]),
+            0 if task is None or task[1] is None else int(task[1]),
         )
 
     def newest_parse(self) -> float | None:
@@ -197,7 +211,8 @@ def failure(progress: Progress, timeout: float, executor: str, dags_folder: Path
     if verdict(progress) is False:
         return (
             f"canary task {DAG_ID}.{TASK_ID} ended {progress.task_state or progress.run_state} "
-            f"on {executor}: see its log and the scheduler's"
+            f"on {executor} after {max(progress.tries, 1)} tries: see its log and the "
+            "scheduler's"
         )
     return (
         f"canary task {DAG_ID}.{TASK_ID} still {progress.task_state or 'not queued'} after "

@@ -437,6 +437,9 @@ def _canary(ctx: Context) -> str:
     if waited is None:  # a verify resumed after the canary succeeded only cleans up
         waited = _follow_canary(ctx)
     ran = f"canary task succeeded on {_executor(ctx)} in {float(waited):.1f}s"
+    tries = int(ctx.run.facts.get("canary_tries") or 1)
+    if tries > 1:  # worth knowing: the first task after the start failed
+        ran += f" (on try {tries} of {canary.RETRIES + 1})"
     try:
         removed = canary.clean(
             ctx.new_env, ctx.home, ctx.installation.db_url, ctx.dags_folder, ctx.logs_folder
@@ -462,6 +465,7 @@ def _follow_canary(ctx: Context) -> float:
             canary.failure(progress, ctx.verify_timeout, _executor(ctx), ctx.dags_folder)
         )
     ctx.run.facts["canary_seconds"] = round(waited, 1)
+    ctx.run.facts["canary_tries"] = progress.tries
     ctx.journal.save(ctx.run)  # its rows go next: a resumed verify must not wait for it
     return waited
 
