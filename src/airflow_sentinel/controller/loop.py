@@ -17,13 +17,12 @@ from enum import Enum
 from types import FrameType
 from typing import Protocol
 
-import psutil
-
 from airflow_sentinel import __version__
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.health import HeartbeatProbe
+from airflow_sentinel.controller.lease_keeper import LeaseKeeper
 from airflow_sentinel.controller.policy import (
     Leadership,
     LeaseStatus,
@@ -33,11 +32,12 @@ from airflow_sentinel.controller.policy import (
     decide_leadership,
     decide_supervision,
 )
+from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
+from airflow_sentinel.controller.strays import StrayKeeper
 from airflow_sentinel.errors import MetastoreError, UserError
-from airflow_sentinel.identity import Instance, describe_token
+from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore.base import (
-    CONFLICT_PREFIX,
     HOLD,
     PAUSED,
     Lease,
@@ -48,14 +48,6 @@ from airflow_sentinel.metastore.base import (
 from airflow_sentinel.process.guard import RunOwner
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
-from airflow_sentinel.process.strays import (
-    Identity,
-    Kind,
-    describe,
-    find_schedulers,
-    installation,
-)
-from airflow_sentinel.process.tree import TreeStopper, is_alive
 
 log = logging.getLogger("airflow_sentinel.controller")
 
@@ -109,26 +101,22 @@ class Controller:
         self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv, clock)
         self._reload = reload
         self._reload_requested = False
-        # The host of another live instance that reports under our node_id, if any.
-        self.conflict: str | None = None
         self.probe = heartbeat_probe
         self.gate = start_gate
-        self.lease: Lease | None = None
         self.role = Role.STANDBY
         self.unfit_until = 0.0
         self.paused = False
         self.held: str | None = None
         self.switchover_to: str | None = None
         self._started_wall = 0.0
-        # Schedulers reported once already (stray_found, scheduler_foreign), and the stops
-        # of strays and orphans under way.
-        self._reported_strays: set[tuple[psutil.Process, Kind]] = set()
-        self._stopper = TreeStopper(clock)
+        # The parts, each with its own I/O; the loop decides and sequences.
+        current = lambda: self.settings  # noqa: E731 - a reload replaces the object
+        self.leases = LeaseKeeper(store, current, self.instance, clock)
+        self.registry = Registry(store, current, host, self.instance, self._emit)
+        self.strays = StrayKeeper(current, self.instance, clock, self._emit)
         self._reported_pid: int | None = None
         self._stop_requested = False
         self._stop_signal: str | None = None
-        self._subreaper = False
-        self._store_failed = False
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -137,8 +125,17 @@ class Controller:
 
     # -- helpers -------------------------------------------------------------------------
     @property
+    def lease(self) -> Lease | None:
+        return self.leases.lease
+
+    @property
+    def conflict(self) -> str | None:
+        """The host of another live instance that reports under our node_id, if any."""
+        return self.registry.conflict
+
+    @property
     def epoch(self) -> int | None:
-        return self.lease.epoch if self.lease is not None else None
+        return self.leases.epoch
 
     def _emit(self, kind: str, detail: str = "", level: int = logging.INFO) -> None:
         self.events.emit(kind, detail, epoch=self.epoch, level=level)
@@ -155,7 +152,7 @@ class Controller:
     def run(self) -> int:
         # Whatever a dead guard leaves behind re-parents to us, so we can kill it.
         become_subreaper()
-        self._subreaper = True
+        self.strays.subreaper = True
         self._install_signal_handlers()
         self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
         self._handle_strays()
@@ -216,7 +213,7 @@ class Controller:
         self._tick_now = True
 
     def _wake_time(self, next_tick: float) -> float:
-        stopper_due = self._stopper.next_deadline()  # a stray's SIGKILL, or a look at its end
+        stopper_due = self.strays.next_deadline()  # a stray's SIGKILL, or a look at its end
         if stopper_due is not None:
             next_tick = min(next_tick, stopper_due)
         if self.lease is None:
@@ -278,7 +275,7 @@ class Controller:
             flags = self.store.flags()
         except MetastoreError as exc:
             log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
-            self._store_failed = True
+            self.leases.store_failed = True
             return False
         paused = PAUSED in flags
         if paused != self.paused:
@@ -325,68 +322,26 @@ class Controller:
 
     # -- lease ---------------------------------------------------------------------------
     def _renew_in_time(self) -> LeaseStatus:
-        """Renew; once the store has failed any call since the last renewal, only if the
-        call cannot outlast the demote deadline.
-
-        A failing metastore call can block for its whole operation timeout
-        (``renew_interval``); one started too late would push the graceful stop past the
-        guard's fence. A store that hangs right after a renewal delays the next one by the
-        calls that hung, so any failure counts, not only a failed renewal. While the store
-        answers, every cycle renews.
-        """
-        assert self.lease is not None
-        left = self.timing.demote_at(self.lease.valid_until) - self.clock.now()
-        if self._store_failed and left < self.settings.renew_interval:
-            return LeaseStatus.UNREACHABLE  # not renewed; at the deadline the policy demotes
-        status = self._renew()
-        self._store_failed = status is LeaseStatus.UNREACHABLE
+        status = self.leases.renew_in_time(self.timing)
+        if status is LeaseStatus.HELD and self.lease is not None:
+            self.scheduler.extend(self.timing.fence_at(self.lease.valid_until))
         return status
 
-    def _renew(self) -> LeaseStatus:
-        assert self.lease is not None
-        try:
-            renewed = self.store.renew(self.lease, self.settings.lease_ttl)
-        except MetastoreError as exc:
-            left = self.lease.valid_until - self.clock.now()
-            log.warning(
-                "cannot renew (%.1fs of lease left): %s", left, exc, extra={"epoch": self.epoch}
-            )
-            return LeaseStatus.UNREACHABLE
-        if renewed is None:
-            return LeaseStatus.LOST
-        self.lease = renewed
-        self.scheduler.extend(self.timing.fence_at(renewed.valid_until))
-        return LeaseStatus.HELD
-
     def _acquire(self) -> bool:
-        try:
-            lease = self.store.try_acquire(SERVICE, self.instance, self.settings.lease_ttl)
-        except MetastoreError as exc:
-            log.warning("cannot check the lease: %s", exc, extra={"epoch": None})
-            return False
+        lease = self.leases.acquire()
         if lease is None:
             return False
-        self.lease = lease
         self.role = Role.ACTIVE
         self._emit(ev.BECAME_ACTIVE, _takeover(lease, self.settings.node_id))
         return True
 
     def _become_standby(self) -> None:
-        self._store_failed = False
-        self.lease = None
+        self.leases.drop()
         self.role = Role.STANDBY
         self.scheduler.failed_starts = 0
 
     def _release(self) -> bool:
-        """Give the lease up at once; False when the store did not answer (it expires)."""
-        if self.lease is None:
-            return False
-        try:
-            self.store.release(self.lease)
-        except MetastoreError as exc:
-            log.warning("cannot release the lease: %s", exc, extra={"epoch": self.epoch})
-            return False
-        return True
+        return self.leases.release()
 
     def _stop_scheduler(self) -> bool:
         """Stop gracefully within the fence; True when the scheduler is known dead."""
@@ -445,7 +400,7 @@ class Controller:
         if not self._stop_scheduler():
             return
         try:
-            moved = self.store.transfer(self.lease, target)
+            moved = self.leases.transfer(target)
         except MetastoreError as exc:
             log.warning("switchover failed: %s", exc, extra={"epoch": self.epoch})
             return
@@ -551,62 +506,15 @@ class Controller:
         self._emit(ev.SCHEDULER_EXITED, detail, level)
 
     # -- strays and orphans ----------------------------------------------------------------
-    def _kill_orphans(self) -> None:
-        """SIGKILL our children that are not the current guard (left by a guard that died),
-        and reap those that died; the stopper sees the kills through, without waiting."""
-        if not self._subreaper:
-            return  # children of ours are only orphans once run() made us a subreaper
-        guard_pid = getattr(self.scheduler.run, "guard_pid", None)
-        try:
-            children = psutil.Process().children()
-        except psutil.Error:
-            return
-        for orphan in (c for c in children if c.pid != guard_pid):
-            if is_alive(orphan) and not self._stopper.stopping(orphan):
-                what = describe(orphan)
-                if self._stopper.stop(orphan, grace=0.0):
-                    self._emit(ev.STRAY_KILLED, f"orphan pid {orphan.pid}: {what}", logging.WARNING)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(orphan.pid, os.WNOHANG)
+    def _guard_pid(self) -> int | None:
+        return getattr(self.scheduler.run, "guard_pid", None)
 
-    def _own_pids(self) -> set[int]:
-        run = self.scheduler.run
-        guard_pid = getattr(run, "guard_pid", None)
-        if guard_pid is None:
-            return set()
-        try:
-            return {guard_pid, *(p.pid for p in psutil.Process(guard_pid).children(recursive=True))}
-        except psutil.Error:
-            return {guard_pid}
+    def _kill_orphans(self) -> None:
+        self.strays.kill_orphans(self._guard_pid())
 
     def _handle_strays(self) -> bool:
-        """Stop (or report) this installation's schedulers that we did not start, and report
-        foreign ones once; True while one of ours still runs here, or is being stopped."""
-        stopping = self._stopper.poll()  # SIGKILL for those whose grace is over
-        me = Identity(
-            self.settings.node_id,
-            self.instance.token,
-            installation(self.settings.airflow_home, self.settings.airflow_cfg),
-        )
-        found = find_schedulers(self.settings.scheduler_argv, me, self._own_pids())
-        self._reported_strays &= {(f.proc, f.verdict.kind) for f in found}  # forget the gone
-        kill = self.settings.stray_action == "kill" and not self.paused  # paused: report only
-        reported = {
-            Kind.STRAY: ev.STRAY_FOUND,
-            Kind.DENIED: ev.STRAY_FOUND,
-            Kind.FOREIGN: ev.SCHEDULER_FOREIGN,
-        }
-        for finding in found:
-            kind = finding.verdict.kind
-            if kind is Kind.STRAY and kill:
-                if not self._stopper.stopping(finding.proc) and self._stopper.stop(
-                    finding.proc, self.settings.stop_timeout
-                ):
-                    self._emit(ev.STRAY_KILLED, finding.detail, logging.WARNING)
-            elif kind in reported and (finding.proc, kind) not in self._reported_strays:
-                self._reported_strays.add((finding.proc, kind))
-                self._emit(reported[kind], finding.detail, logging.WARNING)
-        return stopping or any(f.verdict.kind in (Kind.STRAY, Kind.DENIED) for f in found)
+        """True while a scheduler of this installation that we did not start runs here."""
+        return self.strays.handle(self._guard_pid(), self.paused)
 
     # -- registry ------------------------------------------------------------------------
     def _heartbeat(self, role: Role | None = None, at_start: bool = False) -> None:
@@ -626,13 +534,8 @@ class Controller:
             instance=self.instance.token,
             cooldown_left_s=round(left, 1) if left > 0 else None,
         )
-        try:
-            conflict = self.store.heartbeat(report, self.settings.lease_ttl, self.instance)
-        except MetastoreError as exc:
-            log.warning("heartbeat not recorded: %s", exc, extra={"epoch": self.epoch})
-            self._store_failed = True
-            return
-        self._note_conflict(conflict, at_start)
+        if not self.registry.report(report, self.epoch, at_start):
+            self.leases.store_failed = True
 
     def claim_node(self) -> str | None:
         """Register this instance under its node_id; the other live instance's host if
@@ -642,31 +545,6 @@ class Controller:
             self.events.flush()
         return self.conflict
 
-    def _note_conflict(self, other_host: str | None, at_start: bool = False) -> None:
-        """Another live instance owns our node_id's row: we never lead until it is gone.
-        Refused at start, this controller exits: only the event tells, no flag stays."""
-        if other_host == self.conflict:
-            return
-        flag = f"{CONFLICT_PREFIX}{self.settings.node_id}"
-        if other_host is not None:
-            self._emit(
-                ev.INSTANCE_CONFLICT,
-                f"node_id '{self.settings.node_id}' is in use by a live controller on "
-                f"{other_host}; this one ({describe_token(self.instance.token)}) will not lead",
-                logging.ERROR,
-            )
-            value: str | None = f"{self.host} ({describe_token(self.instance.token)})"
-        else:
-            self._emit(ev.INSTANCE_CONFLICT, "resolved: this instance owns its node_id again")
-            value = None
-        self.conflict = other_host
-        if at_start:
-            return
-        try:
-            self.store.set_flag(flag, value)
-        except MetastoreError as exc:
-            log.warning("cannot record the conflict: %s", exc, extra={"epoch": self.epoch})
-
     # -- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:
         dead = self._stop_scheduler()
@@ -675,7 +553,7 @@ class Controller:
             self._emit(ev.CONTROLLER_STOPPED, "lease released" if released else "lease expires")
         else:
             self._emit(ev.CONTROLLER_STOPPED, "")
-        self.lease = None
+        self.leases.drop()
         self.role = Role.STOPPED
         self._heartbeat(Role.STOPPED)
         self.events.flush(budget=self.settings.renew_interval)  # stops at the first failure
