@@ -4,6 +4,7 @@ orphans, which need real processes, in tests/integration/test_strays.py.)"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,16 @@ import pytest
 
 from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.config import Settings, load_settings
+from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper
 from airflow_sentinel.controller.policy import LeaseStatus, Timing
 from airflow_sentinel.controller.registry import Registry
+from airflow_sentinel.controller.reload import merge_reload
+from airflow_sentinel.controller.scheduler import RunState, StopRequest
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import NodeReport
+from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore
 from tests.support.instances import twin
 
@@ -100,3 +105,37 @@ def test_a_registry_write_the_store_refuses_says_so(store: FlakyStore, settings:
     registry = Registry(cast(Metastore, store), lambda: settings, "h", mine, lambda *_: None)
     store.broken = True
     assert not registry.report(_report("a", mine), None)
+
+
+@pytest.mark.parametrize(
+    ("ended", "was", "stop", "words", "level"),
+    [
+        (RunEnded("fenced", -9), RunState.RUNNING, None, "lease deadline passed", logging.ERROR),
+        (RunEnded("exited", 1), RunState.RUNNING, None, "exited code 1", logging.WARNING),
+        (
+            RunEnded("exited", 0),
+            RunState.STOPPING,
+            StopRequest(0.0, 5.0),
+            "1.5s after SIGTERM",
+            logging.INFO,
+        ),
+        (
+            RunEnded("exited", -9),
+            RunState.STOPPING,
+            StopRequest(0.0, 1.0),
+            "raise stop_timeout",
+            logging.WARNING,
+        ),
+    ],
+)
+def test_a_schedulers_end_is_told_by_how_it_came(
+    ended: RunEnded, was: RunState, stop: StopRequest | None, words: str, level: int
+) -> None:
+    _, detail, told = describe_end(ended, was, False, stop, now=1.5)
+    assert words in detail and told == level
+
+
+def test_a_reload_keeps_what_only_a_restart_may_change(settings: Settings) -> None:
+    new = replace(settings, node_id="b", lease_ttl=30.0)
+    merged, changed = merge_reload(settings, new)
+    assert merged.node_id == "a" and merged.lease_ttl == 30.0 and changed == ["lease_ttl"]

@@ -97,3 +97,16 @@ class LeaseKeeper:
         """No longer ours: released, lost, expired or handed over."""
         self.lease = None
         self.store_failed = False
+
+
+def describe_takeover(lease: Lease, node_id: str) -> str:
+    """How the lease was taken, for the log: from whom, and after how long a silence."""
+    if lease.taken_from is None:
+        return f"holds the scheduler lease (it was free), epoch {lease.epoch}"
+    if lease.silent_for is None:
+        return f"holds the scheduler lease (taken back or handed over), epoch {lease.epoch}"
+    holder = lease.taken_from if lease.taken_from != node_id else f"another {node_id}"
+    return (
+        f"took the scheduler lease from {holder} after {lease.silent_for:.1f}s of silence, "
+        f"epoch {lease.epoch}"
+    )

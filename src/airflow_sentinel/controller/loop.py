@@ -12,7 +12,6 @@ import selectors
 import signal
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from enum import Enum
 from types import FrameType
 from typing import Protocol
@@ -21,8 +20,9 @@ from airflow_sentinel import __version__
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
+from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.health import HeartbeatProbe
-from airflow_sentinel.controller.lease_keeper import LeaseKeeper
+from airflow_sentinel.controller.lease_keeper import LeaseKeeper, describe_takeover
 from airflow_sentinel.controller.policy import (
     Leadership,
     LeaseStatus,
@@ -33,6 +33,7 @@ from airflow_sentinel.controller.policy import (
     decide_supervision,
 )
 from airflow_sentinel.controller.registry import Registry
+from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
 from airflow_sentinel.controller.strays import StrayKeeper
 from airflow_sentinel.errors import MetastoreError, UserError
@@ -54,18 +55,6 @@ log = logging.getLogger("airflow_sentinel.controller")
 SERVICE = "scheduler"
 # Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
 KILL_WAIT = 10.0
-# Settings a reload cannot change in a running controller: its identity and store, and what
-# the heartbeat probe and the schema gate were built for at start (a probe that is not
-# there would make every start look failed).
-FIXED_ON_RELOAD = (
-    "node_id",
-    "metastore",
-    "airflow_home",
-    "airflow_cfg",
-    "health_check",
-    "schema_gate",
-    "scheduler_command",
-)
 
 
 class StartGate(Protocol):
@@ -198,12 +187,7 @@ class Controller:
                 "reload refused, settings unchanged: %s", exc, extra={"epoch": self.epoch}
             )
             return
-        fixed = {name: getattr(self.settings, name) for name in FIXED_ON_RELOAD}
-        for name in FIXED_ON_RELOAD:
-            if getattr(new, name) != fixed[name]:
-                log.warning("reload: %s changed; it takes effect after a restart", name)
-        new = replace(new, **fixed)
-        changed = sorted(k for k, v in vars(new).items() if getattr(self.settings, k) != v)
+        new, changed = merge_reload(self.settings, new)
         self.settings = new
         self.timing = Timing.from_settings(new)
         self.scheduler.argv = new.scheduler_argv  # for the next start
@@ -332,7 +316,7 @@ class Controller:
         if lease is None:
             return False
         self.role = Role.ACTIVE
-        self._emit(ev.BECAME_ACTIVE, _takeover(lease, self.settings.node_id))
+        self._emit(ev.BECAME_ACTIVE, describe_takeover(lease, self.settings.node_id))
         return True
 
     def _become_standby(self) -> None:
@@ -484,26 +468,10 @@ class Controller:
     def _report_end(
         self, ended: RunEnded, was: RunState | None = None, failed: bool = False
     ) -> None:
-        if ended.outcome == "fenced":
-            self._emit(
-                ev.SCHEDULER_FENCED, "killed by the guard: lease deadline passed", logging.ERROR
-            )
-            return
-        expected = was is None or was is RunState.STOPPING
-        level = logging.INFO if expected else logging.WARNING
-        detail = f"{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
-        stop = self.scheduler.last_stop
-        if expected and stop is not None:
-            took = self.clock.now() - stop.at
-            if ended.code == -signal.SIGKILL and took >= stop.grace:
-                level = logging.WARNING
-                detail += (
-                    f"; killed: it did not exit within stop_timeout ({stop.grace:g}s) after "
-                    "SIGTERM (a real Airflow scheduler needs 1 to 3s; raise stop_timeout)"
-                )
-            else:
-                detail += f"; stopped {took:.1f}s after SIGTERM"
-        self._emit(ev.SCHEDULER_EXITED, detail, level)
+        kind, detail, level = describe_end(
+            ended, was, failed, self.scheduler.last_stop, self.clock.now()
+        )
+        self._emit(kind, detail, level)
 
     # -- strays and orphans ----------------------------------------------------------------
     def _guard_pid(self) -> int | None:
@@ -557,16 +525,3 @@ class Controller:
         self.role = Role.STOPPED
         self._heartbeat(Role.STOPPED)
         self.events.flush(budget=self.settings.renew_interval)  # stops at the first failure
-
-
-def _takeover(lease: Lease, node_id: str) -> str:
-    """How the lease was taken, for the log: from whom, and after how long a silence."""
-    if lease.taken_from is None:
-        return f"holds the scheduler lease (it was free), epoch {lease.epoch}"
-    if lease.silent_for is None:
-        return f"holds the scheduler lease (taken back or handed over), epoch {lease.epoch}"
-    holder = lease.taken_from if lease.taken_from != node_id else f"another {node_id}"
-    return (
-        f"took the scheduler lease from {holder} after {lease.silent_for:.1f}s of silence, "
-        f"epoch {lease.epoch}"
-    )
