@@ -13,20 +13,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 from rich.console import Console
 
 from airflow_sentinel import __version__
 from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
-from airflow_sentinel.clock import SystemClock
+from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import (
     add_sentinel_section,
     create_airflow_home,
     load_airflow_config,
 )
+from airflow_sentinel.config.settings import parse_api_address
 from airflow_sentinel.errors import (
     ConfigError,
     MetastoreError,
@@ -38,6 +39,10 @@ from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, switchover_flag
 from airflow_sentinel.metastore.urls import mask, password_of
 from airflow_sentinel.status import ClusterState, read_cluster, render_events, render_status
+
+if TYPE_CHECKING:
+    from airflow_sentinel.api.server import ApiServer
+    from airflow_sentinel.controller.loop import Controller
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVICE = "scheduler"
@@ -179,10 +184,11 @@ def start(**flags: Any) -> None:
         if settings.health_check == "heartbeat":
             probe = JobTableProbe(airflow_db, settings.renew_interval)
         gate = schema_gate(settings, airflow_db)
+        clock = SystemClock()
         controller = Controller(
             settings,
             store,
-            SystemClock(),
+            clock,
             GuardLauncher(),
             host,
             probe,
@@ -195,7 +201,28 @@ def start(**flags: Any) -> None:
                 f"node_id '{settings.node_id}' is in use by a live controller on {other}; "
                 "give each node its own node_id ([sentinel] node_id)"
             )
-        sys.exit(controller.run())
+        api = serve_api(settings, controller, clock)
+        try:
+            code = controller.run()
+        finally:
+            if api is not None:
+                api.close()
+        sys.exit(code)
+
+
+def serve_api(settings: Settings, controller: Controller, clock: Clock) -> ApiServer | None:
+    """The HTTP API beside the loop, fed by what the loop publishes; None when off or
+    when its address cannot be bound (logged: the controller runs on without it)."""
+    from airflow_sentinel.api.metrics import Metrics
+    from airflow_sentinel.api.server import Routes, start_api
+
+    address = parse_api_address(settings.api_address)
+    if address is None:
+        return None
+    metrics = Metrics(settings.node_id, controller.published.latest, clock.now)
+    controller.published.subscribe(metrics.on_event)
+    controller.leases.on_renewal = metrics.on_renewal
+    return start_api(address, Routes(controller.published.latest, clock.now, metrics))
 
 
 def schema_gate(settings: Settings, airflow_db: str) -> SchemaGate | None:

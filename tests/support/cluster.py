@@ -62,6 +62,9 @@ class Cluster:
     metastore_url: str
     settings: dict[str, str] = field(default_factory=lambda: dict(FAST))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Nodes that serve the HTTP API, on these loopback ports; the others have it off, so
+    # that several controllers on one host do not compete for the default port.
+    api_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _store: Metastore | None = None
 
@@ -86,6 +89,8 @@ class Cluster:
         env["AIRFLOW__SENTINEL__SCHEMA_GATE"] = "off"  # the stand-in is not Airflow
         for key, value in self.settings.items():
             env[f"AIRFLOW__SENTINEL__{key.upper()}"] = value
+        port = self.api_ports.get(node_id)
+        env["AIRFLOW__SENTINEL__API_ADDRESS"] = f"127.0.0.1:{port}" if port else "off"
         return env
 
     def start(self, node_id: str, command: str | None = None) -> subprocess.Popen[bytes]:

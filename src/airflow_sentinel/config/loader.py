@@ -15,6 +15,7 @@ from airflow_sentinel.config.settings import (
     PARSERS,
     Key,
     Settings,
+    api_address_problem,
     scheduler_command_problem,
     timing_problems,
 )
@@ -103,6 +104,7 @@ def _string_problems(values: dict[str, Any], raw: dict[str, tuple[str, str]]) ->
     found = {
         "node_id": _node_id_problem(values["node_id"]),
         "scheduler_command": scheduler_command_problem(values["scheduler_command"]),
+        "api_address": api_address_problem(values["api_address"]),
     }
     return [f"{_origin(raw, name)}: {problem}" for name, problem in found.items() if problem]
 

@@ -102,6 +102,13 @@ KEYS: tuple[Key, ...] = (
         "Log level of the controller.",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
+    Key(
+        "api_address",
+        "str",
+        "127.0.0.1:8975",
+        "HOST:PORT of the controller's HTTP API (probes for load balancers, status, "
+        "Prometheus metrics), next to Airflow's 8974; 0.0.0.0:8975 for other hosts; off: none.",
+    ),
 )
 
 KEY_NAMES = frozenset(k.name for k in KEYS)
@@ -124,6 +131,7 @@ class Settings:
     schema_gate: str
     event_retention: int
     log_level: str
+    api_address: str
     airflow_home: str
     airflow_cfg: str
 
@@ -156,6 +164,24 @@ def scheduler_command_problem(command: str) -> str | None:
     if not argv or not argv[0]:
         return "must start with the program to run"
     return None
+
+
+def api_address_problem(value: str) -> str | None:
+    """Why ``value`` is neither off nor HOST:PORT, or None."""
+    if value == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"'{value}' must be HOST:PORT (port 1 to 65535), e.g. 127.0.0.1:8975, or off"
+    return None
+
+
+def parse_api_address(value: str) -> tuple[str, int] | None:
+    """(host, port) to bind, None when off; ``value`` already checked."""
+    if value == "off":
+        return None
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def fence_margin(lease_ttl: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.errors import MetastoreError
@@ -59,6 +60,7 @@ class EventLog:
         self.retention = retention
         self._clock = clock or SystemClock()
         self._pending: deque[Event] = deque(maxlen=BACKLOG)
+        self.on_event: Callable[[Event], None] | None = None  # hears each one as it happens
 
     @property
     def pending(self) -> int:
@@ -68,7 +70,10 @@ class EventLog:
         self, kind: str, detail: str = "", *, epoch: int | None, level: int = logging.INFO
     ) -> None:
         log.log(level, "%s %s", kind, detail, extra={"epoch": epoch})
-        self._pending.append(Event(self._node_id, self._service, kind, detail, epoch))
+        event = Event(self._node_id, self._service, kind, detail, epoch)
+        self._pending.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
     def flush(self, budget: float | None = None) -> bool:
         """Write what is pending, in order; stop at the first failure and keep the rest.

@@ -29,6 +29,8 @@ class LeaseKeeper:
         self.lease: Lease | None = None
         # The store failed a call since the last renewal: see `renew_in_time`.
         self.store_failed = False
+        # Hears how long each renewal took and whether it held (the metrics' histogram).
+        self.on_renewal: Callable[[float, bool], None] | None = None
 
     @property
     def epoch(self) -> int | None:
@@ -47,10 +49,17 @@ class LeaseKeeper:
         assert self.lease is not None
         left = timing.demote_at(self.lease.valid_until) - self._clock.now()
         if self.store_failed and left < self._settings().renew_interval:
+            self._observe(0.0, ok=False)
             return LeaseStatus.UNREACHABLE  # not renewed; at the deadline the policy demotes
+        began = self._clock.now()
         status = self._renew()
+        self._observe(self._clock.now() - began, ok=status is LeaseStatus.HELD)
         self.store_failed = status is LeaseStatus.UNREACHABLE
         return status
+
+    def _observe(self, seconds: float, ok: bool) -> None:
+        if self.on_renewal is not None:
+            self.on_renewal(seconds, ok)
 
     def _renew(self) -> LeaseStatus:
         assert self.lease is not None

@@ -32,6 +32,7 @@ from airflow_sentinel.controller.policy import (
     decide_leadership,
     decide_supervision,
 )
+from airflow_sentinel.controller.published import NodeView, Publisher
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
@@ -111,6 +112,11 @@ class Controller:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention, clock)
+        # What others may read: the last cycle's view and the events (API, metrics, page).
+        self.published = Publisher()
+        self.events.on_event = self.published.event
+        self._last_heartbeat_age: float | None = None
+        self._reachable = False
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -252,6 +258,33 @@ class Controller:
             # Events are written here only, once the store has answered this cycle; a long
             # backlog gets one operation timeout per cycle, so the next renewal is not late.
             self.events.flush(budget=self.settings.renew_interval)
+        self._reachable = reachable
+        self.published.publish(self.view())
+
+    def view(self) -> NodeView:
+        """This controller as the last cycle left it, for readers outside the loop."""
+        now = self.clock.now()
+        run = self.scheduler.view()
+        left = self.unfit_until - now
+        return NodeView(
+            node_id=self.settings.node_id,
+            host=self.host,
+            version=__version__,
+            role=self.role.value,
+            epoch=self.epoch,
+            lease_left_s=None if self.lease is None else round(self.lease.valid_until - now, 3),
+            scheduler_state=None if run.state is RunState.STOPPED else run.state.value,
+            scheduler_pid=run.pid,
+            heartbeat_age_s=self._last_heartbeat_age,
+            paused=self.paused,
+            held=self.held,
+            fit=left <= 0,
+            cooldown_left_s=round(left, 1) if left > 0 else None,
+            conflict=self.conflict,
+            metastore_reachable=self._reachable,
+            cycle_at=now,
+            cycle_every_s=self.settings.renew_interval,
+        )
 
     def _read_flags(self) -> bool:
         """Refresh pause and switchover; on a store error the last known values stand."""
@@ -301,8 +334,10 @@ class Controller:
 
     def _heartbeat_age(self) -> float | None:
         if self.probe is None or not self.scheduler.active:
-            return None
-        return self.probe.age(self._started_wall, self.clock.wall())
+            self._last_heartbeat_age = None
+        else:
+            self._last_heartbeat_age = self.probe.age(self._started_wall, self.clock.wall())
+        return self._last_heartbeat_age
 
     # -- lease ---------------------------------------------------------------------------
     def _renew_in_time(self) -> LeaseStatus:
@@ -524,4 +559,5 @@ class Controller:
         self.leases.drop()
         self.role = Role.STOPPED
         self._heartbeat(Role.STOPPED)
+        self.published.publish(self.view())
         self.events.flush(budget=self.settings.renew_interval)  # stops at the first failure

@@ -20,6 +20,7 @@ FIXED_ON_RELOAD = (
     "health_check",
     "schema_gate",
     "scheduler_command",
+    "api_address",  # the server is bound at start
 )
 
 

@@ -1,0 +1,98 @@
+"""The HTTP API of real controllers on every metastore: the load balancer's view of who is
+active follows a failover, and the metrics say the same as the probes."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.cluster import Cluster, running_cluster, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, metastore_url: str) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, metastore_url) as c:
+        c.api_ports = {"a": free_port(), "b": free_port()}
+        yield c
+
+
+def status(cluster: Cluster, node: str, path: str, method: str = "GET") -> int | None:
+    """The answer's status, None while nothing listens."""
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=5)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def metrics(cluster: Cluster, node: str) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = sample.labels.get("role", sample.labels.get("reason", ""))
+            values[sample.name + (f"[{label}]" if label else "")] = sample.value
+    return values
+
+
+def test_the_probes_follow_the_lease_through_a_failover(cluster: Cluster) -> None:
+    for node in ("a", "b"):
+        cluster.start(node)
+    active = cluster.wait_for_one_scheduler()
+    standby = "b" if active == "a" else "a"
+    wait_until(lambda: status(cluster, active, "/active") == 200, 20, "/active on the leader")
+    assert status(cluster, standby, "/active") == 503
+    wait_until(lambda: status(cluster, standby, "/standby") == 200, 20, "/standby")
+    assert status(cluster, active, "/standby") == 503
+    for node in (active, standby):
+        assert status(cluster, node, "/liveness") == 200
+        assert status(cluster, node, "/readiness") == 200
+        assert status(cluster, node, "/active", "HEAD") in (200, 503)
+    seen = metrics(cluster, active)
+    assert seen["airflow_sentinel_role[active]"] == 1
+    assert seen["airflow_sentinel_scheduler_up"] == 1 and seen["airflow_sentinel_metastore_up"] == 1
+    assert seen["airflow_sentinel_scheduler_starts_total"] >= 1
+    assert seen["airflow_sentinel_lease_renewal_seconds_count"] >= 1
+
+    os.kill(cluster.pid_of(active), signal.SIGKILL)
+    wait_until(lambda: status(cluster, standby, "/active") == 200, 60, "/active after failover")
+    after = metrics(cluster, standby)
+    assert after["airflow_sentinel_takeovers_total[silence]"] == 1
+    assert status(cluster, active, "/liveness") is None  # gone with its controller
+
+
+def test_a_taken_port_leaves_the_controller_running_without_its_api(cluster: Cluster) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", cluster.api_ports["a"]))
+        taken.listen()
+        cluster.start("a")
+        cluster.wait_for_one_scheduler()
+        log_file = cluster.root / "a.log"
+
+        def warned() -> str | None:
+            text = log_file.read_text()
+            return text if "HTTP API not started" in text else None
+
+        log = wait_until(warned, 20, "the one-line warning")
+        assert "Traceback" not in log and "127.0.0.1:" in log

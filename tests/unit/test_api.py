@@ -1,0 +1,196 @@
+"""The HTTP API on its own: what each probe answers for a view, and a real server on a
+loopback port fed a view by hand (bad requests, slow clients, HEAD, metrics). Real
+controllers behind it are in tests/integration/test_api.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from airflow_sentinel.api.metrics import Metrics, takeover_reason
+from airflow_sentinel.api.server import MAX_BODY, ApiServer, Routes
+from airflow_sentinel.controller import events as ev
+from airflow_sentinel.controller.published import NodeView, Publisher
+from airflow_sentinel.metastore.base import Event
+
+ACTIVE = NodeView(
+    node_id="a",
+    host="h",
+    version="1",
+    role="active",
+    epoch=7,
+    lease_left_s=10.0,
+    scheduler_state="running",
+    scheduler_pid=42,
+    heartbeat_age_s=1.0,
+    paused=False,
+    held=None,
+    fit=True,
+    cooldown_left_s=None,
+    conflict=None,
+    metastore_reachable=True,
+    cycle_at=100.0,
+    cycle_every_s=3.0,
+)
+STANDBY = replace(
+    ACTIVE, role="standby", epoch=None, lease_left_s=None, scheduler_state=None, scheduler_pid=None
+)
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def routes(view: NodeView | None, clock: Clock) -> Routes:
+    return Routes(lambda: view, clock)
+
+
+@pytest.mark.parametrize(
+    ("view", "path", "status"),
+    [
+        (ACTIVE, "/active", 200),
+        (ACTIVE, "/standby", 503),
+        (ACTIVE, "/readiness", 200),
+        (STANDBY, "/active", 503),
+        (STANDBY, "/standby", 200),
+        (replace(ACTIVE, scheduler_state="starting"), "/active", 503),  # not proven yet
+        (replace(ACTIVE, lease_left_s=-0.1), "/active", 503),
+        (replace(STANDBY, fit=False), "/standby", 503),  # cooling down
+        (replace(STANDBY, conflict="clone"), "/standby", 503),
+        (replace(STANDBY, conflict="clone"), "/readiness", 503),
+        (replace(STANDBY, metastore_reachable=False), "/readiness", 503),
+        (replace(STANDBY, role="stopped"), "/readiness", 503),
+        (None, "/active", 503),  # no cycle finished yet
+    ],
+)
+def test_each_probe_answers_for_the_view(view: NodeView | None, path: str, status: int) -> None:
+    assert routes(view, Clock()).get(path).status == status
+
+
+def test_a_lease_that_ran_out_since_the_last_cycle_is_not_active() -> None:
+    clock = Clock()
+    clock.now = 100.0 + 8.0  # within the liveness deadline (9 s) and the lease (10 s)
+    assert routes(ACTIVE, clock).get("/active").status == 200
+    clock.now = 100.0 + 10.5  # the lease expired since the loop last looked
+    assert routes(ACTIVE, clock).get("/active").status == 503
+
+
+def test_liveness_fails_when_the_loop_stops_cycling() -> None:
+    clock = Clock()
+    assert routes(STANDBY, clock).get("/liveness").status == 200
+    clock.now = 100.0 + 3 * 3.0 + 0.1
+    answer = routes(STANDBY, clock).get("/liveness")
+    assert answer.status == 503 and json.loads(answer.body)["cycle_age_s"] == 9.1
+
+
+def test_unknown_paths_name_the_known_ones() -> None:
+    answer = routes(ACTIVE, Clock()).get("/nope")
+    assert answer.status == 404 and "/active" in json.loads(answer.body)["paths"]
+
+
+# -- a real server -------------------------------------------------------------------------
+@pytest.fixture
+def server() -> Iterator[ApiServer]:
+    publisher = Publisher()
+    publisher.publish(ACTIVE)
+    metrics = Metrics("a", publisher.latest, lambda: 101.0)
+    publisher.subscribe(metrics.on_event)
+    publisher.event(
+        Event(
+            "a",
+            "scheduler",
+            ev.BECAME_ACTIVE,
+            "holds the scheduler lease (it was free), epoch 7",
+            7,
+        )
+    )
+    api = ApiServer(("127.0.0.1", 0), Routes(publisher.latest, lambda: 101.0, metrics)).start()
+    yield api
+    api.close()
+
+
+def request(api: ApiServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def test_get_and_head_of_a_probe(server: ApiServer) -> None:
+    status, body = request(server, "GET", "/active")
+    assert status == 200 and json.loads(body)["epoch"] == 7
+    status, body = request(server, "HEAD", "/standby")
+    assert status == 503 and body == b""
+
+
+def test_status_is_the_whole_view(server: ApiServer) -> None:
+    status, body = request(server, "GET", "/status")
+    view = json.loads(body)
+    assert status == 200 and view["role"] == "active" and view["scheduler_pid"] == 42
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [
+        ("POST", b"{}", 405),
+        ("PUT", b"x", 405),
+        ("DELETE", None, 405),
+        ("POST", b"x" * (MAX_BODY + 1), 413),
+    ],
+)
+def test_writes_and_huge_bodies_get_a_clean_4xx(
+    server: ApiServer, method: str, body: bytes | None, status: int
+) -> None:
+    assert request(server, method, "/status", body)[0] == status
+
+
+def test_garbage_and_a_silent_client_do_not_stop_the_others(server: ApiServer) -> None:
+    silent = socket.create_connection(("127.0.0.1", server.port))  # sends nothing
+    garbage = socket.create_connection(("127.0.0.1", server.port))
+    garbage.sendall(b"\x00\xff not http at all\r\n\r\n")
+    reply = garbage.recv(500)
+    assert b'"error": "400' in reply and b"<html" not in reply  # short, and no detail page
+    brew = socket.create_connection(("127.0.0.1", server.port))
+    brew.sendall(b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert brew.recv(200).startswith(b"HTTP/1.1 501")
+    assert request(server, "GET", "/liveness")[0] == 200  # while the silent one waits
+    for sock in (silent, garbage, brew):
+        sock.close()
+
+
+def test_metrics_parse_and_answer_the_3am_questions(server: ApiServer) -> None:
+    status, body = request(server, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    role = {s.labels["role"]: s.value for s in families["airflow_sentinel_role"].samples}
+    assert role == {"active": 1.0, "standby": 0.0, "stopped": 0.0}
+    assert families["airflow_sentinel_epoch"].samples[0].value == 7
+    assert families["airflow_sentinel_lease_remaining_seconds"].samples[0].value == 9.0
+    takeovers = families["airflow_sentinel_takeovers"].samples
+    assert any(s.labels == {"node_id": "a", "reason": "free"} and s.value == 1 for s in takeovers)
+    for family in families.values():
+        assert family.documentation, family.name  # every metric says what it is
+
+
+@pytest.mark.parametrize(
+    ("detail", "reason"),
+    [
+        ("holds the scheduler lease (it was free), epoch 1", "free"),
+        ("took the scheduler lease from b after 15.2s of silence, epoch 3", "silence"),
+        ("holds the scheduler lease (taken back or handed over), epoch 4", "handed_over"),
+    ],
+)
+def test_takeovers_are_counted_by_how(detail: str, reason: str) -> None:
+    assert takeover_reason(detail) == reason
