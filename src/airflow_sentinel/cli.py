@@ -27,7 +27,7 @@ from airflow_sentinel.config.airflow_cfg import (
     create_airflow_home,
     load_airflow_config,
 )
-from airflow_sentinel.config.settings import parse_api_address
+from airflow_sentinel.config.settings import parse_api_address, parse_api_allow
 from airflow_sentinel.errors import (
     ConfigError,
     MetastoreError,
@@ -38,10 +38,15 @@ from airflow_sentinel.errors import (
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, switchover_flag
 from airflow_sentinel.metastore.urls import mask, password_of
-from airflow_sentinel.status import ClusterState, read_cluster, render_events, render_status
+from airflow_sentinel.status import (
+    ClusterState,
+    choose_target,
+    read_cluster,
+    render_events,
+    render_status,
+)
 
 if TYPE_CHECKING:
-    from airflow_sentinel.api.server import ApiServer
     from airflow_sentinel.controller.loop import Controller
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -176,6 +181,7 @@ def start(**flags: Any) -> None:
 
     given = dict(flags)
     settings = settings_from(flags)
+    load_api_token(settings.api_token_file)  # a bad token file stops the start, in one line
     configure_logging(settings.node_id, settings.log_level)
     host = host_identity()
     with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
@@ -210,19 +216,62 @@ def start(**flags: Any) -> None:
         sys.exit(code)
 
 
-def serve_api(settings: Settings, controller: Controller, clock: Clock) -> ApiServer | None:
-    """The HTTP API beside the loop, fed by what the loop publishes; None when off or
-    when its address cannot be bound (logged: the controller runs on without it)."""
+def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Closer | None:
+    """The HTTP API beside the loop, fed by what the loop publishes, with a metastore
+    connection of its own for the actions; None when off, or when its address cannot be
+    bound (logged: the controller runs on without it)."""
+    from airflow_sentinel.api.actions import ClusterActions
     from airflow_sentinel.api.metrics import Metrics
-    from airflow_sentinel.api.server import Routes, start_api
+    from airflow_sentinel.api.server import Access, Routes, start_api
 
     address = parse_api_address(settings.api_address)
     if address is None:
         return None
+    access = Access(
+        token=load_api_token(settings.api_token_file),
+        all_need_token=settings.api_auth == "all",
+        networks=parse_api_allow(settings.api_allow),
+    )
     metrics = Metrics(settings.node_id, controller.published.latest, clock.now)
     controller.published.subscribe(metrics.on_event)
     controller.leases.on_renewal = metrics.on_renewal
-    return start_api(address, Routes(controller.published.latest, clock.now, metrics))
+    store = open_metastore(settings.metastore, clock, settings.renew_interval, settings.lease_ttl)
+    actions = ClusterActions(store, settings.node_id, settings.lease_ttl, controller.wake)
+    routes = Routes(controller.published.latest, clock.now, metrics, actions)
+    server = start_api(address, routes, access)
+    if server is None:
+        store.close()
+        return None
+    return Closer(server.close, store.close)
+
+
+class Closer:
+    def __init__(self, *closes: Callable[[], None]) -> None:
+        self._closes = closes
+
+    def close(self) -> None:
+        for close in self._closes:
+            close()
+
+
+def load_api_token(path: str) -> bytes:
+    """The API token from its file, which only its owner may read; b"" without one."""
+    if not path:
+        return b""
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        token = file.read_bytes().strip()
+    except OSError as exc:
+        raise UserError(f"api_token_file: cannot read {path} ({exc.strerror})") from None
+    if mode & 0o077:
+        raise UserError(
+            f"api_token_file: {path} is readable by others (mode {mode & 0o777:o}); "
+            f"chmod 600 {path}"
+        )
+    if len(token) < 16:
+        raise UserError(f"api_token_file: {path} must hold a token of 16 characters or more")
+    return token
 
 
 def schema_gate(settings: Settings, airflow_db: str) -> SchemaGate | None:
@@ -420,30 +469,6 @@ def switchover(target: str | None, timeout: float, **flags: Any) -> None:
     raise SentinelError(
         f"switchover to {chosen} not confirmed within {timeout:g}s; see `airflow-sentinel status`"
     )
-
-
-def choose_target(state: ClusterState, active: str, target: str | None) -> str:
-    candidates = [
-        n
-        for n in state.nodes
-        if n.node_id != active and state.alive(n) and n.fit and n.role == "standby"
-    ]
-    if target is not None:
-        known = {n.node_id for n in state.nodes}
-        if target == active:
-            raise UserError(f"--to: {target} is already the active node")
-        if target not in known:
-            raise UserError(
-                f"--to: unknown node '{target}'; known nodes: {', '.join(sorted(known)) or 'none'}"
-            )
-        if target not in {n.node_id for n in candidates}:
-            raise UserError(
-                f"--to: {target} is not a healthy standby (see `airflow-sentinel status`)"
-            )
-        return target
-    if not candidates:
-        raise UserError("no healthy standby to hand the scheduler to")
-    return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id
 
 
 def main() -> None:

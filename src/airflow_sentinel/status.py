@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from airflow_sentinel.errors import UserError
 from airflow_sentinel.metastore.base import (
     CONFLICT_PREFIX,
     HOLD,
@@ -203,3 +204,27 @@ def render_events(events: list[EventRecord], console: Console) -> None:
             str(e.id), f"{e.age_s:.0f}s", e.node_id, str(e.epoch or "-"), e.kind, e.detail
         )
     console.print(table)
+
+
+def choose_target(state: ClusterState, active: str, target: str | None) -> str:
+    candidates = [
+        n
+        for n in state.nodes
+        if n.node_id != active and state.alive(n) and n.fit and n.role == "standby"
+    ]
+    if target is not None:
+        known = {n.node_id for n in state.nodes}
+        if target == active:
+            raise UserError(f"--to: {target} is already the active node")
+        if target not in known:
+            raise UserError(
+                f"--to: unknown node '{target}'; known nodes: {', '.join(sorted(known)) or 'none'}"
+            )
+        if target not in {n.node_id for n in candidates}:
+            raise UserError(
+                f"--to: {target} is not a healthy standby (see `airflow-sentinel status`)"
+            )
+        return target
+    if not candidates:
+        raise UserError("no healthy standby to hand the scheduler to")
+    return min(candidates, key=lambda n: n.last_heartbeat_age_s).node_id

@@ -4,19 +4,25 @@ controllers behind it are in tests/integration/test_api.py."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.api.metrics import Metrics, takeover_reason
-from airflow_sentinel.api.server import MAX_BODY, ApiServer, Routes
+from airflow_sentinel.api.server import MAX_BODY, Access, ApiServer, Routes
+from airflow_sentinel.cli import load_api_token
+from airflow_sentinel.config.settings import parse_api_allow
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.published import NodeView, Publisher
+from airflow_sentinel.errors import UserError
 from airflow_sentinel.metastore.base import Event
 
 ACTIVE = NodeView(
@@ -142,18 +148,18 @@ def test_status_is_the_whole_view(server: ApiServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "body", "status"),
+    ("method", "path", "body", "status"),
     [
-        ("POST", b"{}", 405),
-        ("PUT", b"x", 405),
-        ("DELETE", None, 405),
-        ("POST", b"x" * (MAX_BODY + 1), 413),
+        ("POST", "/switchover", b"{}", 403),  # no token configured: no actions at all
+        ("PUT", "/status", b"x", 405),
+        ("DELETE", "/status", None, 405),
+        ("POST", "/switchover", b"x" * (MAX_BODY + 1), 403),
     ],
 )
-def test_writes_and_huge_bodies_get_a_clean_4xx(
-    server: ApiServer, method: str, body: bytes | None, status: int
+def test_writes_without_a_token_get_a_clean_4xx(
+    server: ApiServer, method: str, path: str, body: bytes | None, status: int
 ) -> None:
-    assert request(server, method, "/status", body)[0] == status
+    assert request(server, method, path, body)[0] == status
 
 
 def test_garbage_and_a_silent_client_do_not_stop_the_others(server: ApiServer) -> None:
@@ -194,3 +200,136 @@ def test_metrics_parse_and_answer_the_3am_questions(server: ApiServer) -> None:
 )
 def test_takeovers_are_counted_by_how(detail: str, reason: str) -> None:
     assert takeover_reason(detail) == reason
+
+
+# -- access ---------------------------------------------------------------------------------
+TOKEN = b"s3cret-token-of-some-length"
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("Bearer s3cret-token-of-some-length", True),
+        ("bearer s3cret-token-of-some-length", True),
+        ("Basic " + base64.b64encode(b"ops:s3cret-token-of-some-length").decode(), True),
+        ("Bearer wrong", False),
+        ("Basic " + base64.b64encode(b"s3cret-token-of-some-length").decode(), False),  # no ':'
+        ("Basic !!!", False),
+        ("Token s3cret-token-of-some-length", False),
+        (None, False),
+    ],
+)
+def test_the_token_by_bearer_or_basic_auth(header: str | None, ok: bool) -> None:
+    assert Access(token=TOKEN).authorized(header) is ok
+    assert Access().authorized(header) is False  # no token configured: nobody
+
+
+def test_only_the_allowed_networks_get_in() -> None:
+    access = Access(networks=parse_api_allow("10.0.0.0/8, 127.0.0.1, ::1"))
+    assert access.allows_address("10.1.2.3") and access.allows_address("127.0.0.1")
+    assert access.allows_address("::ffff:127.0.0.1") and access.allows_address("::1")
+    assert not access.allows_address("192.168.1.1") and not access.allows_address("junk")
+    assert Access().allows_address("192.168.1.1")  # empty: any
+
+
+@pytest.fixture
+def guarded() -> Iterator[tuple[ApiServer, FakeActions]]:
+    publisher = Publisher()
+    publisher.publish(ACTIVE)
+    actions = FakeActions()
+    routes = Routes(publisher.latest, lambda: 101.0, None, actions)  # type: ignore[arg-type]
+    access = Access(token=TOKEN, all_need_token=True, networks=parse_api_allow("127.0.0.0/8"))
+    api = ApiServer(("127.0.0.1", 0), routes, access).start()
+    yield api, actions
+    api.close()
+
+
+class FakeActions:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def pause(self) -> tuple[int, dict[str, object]]:
+        self.calls.append(("pause",))
+        return 200, {"paused": True}
+
+    def resume(self) -> tuple[int, dict[str, object]]:
+        self.calls.append(("resume",))
+        return 200, {"paused": False}
+
+    def switchover(self, to: str | None, timeout: float) -> tuple[int, dict[str, object]]:
+        self.calls.append(("switchover", to, timeout))
+        return 200, {"to": to}
+
+
+def call(
+    api: ApiServer, method: str, path: str, body: bytes | None, auth: str | None
+) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    headers = {"Authorization": auth} if auth else {}
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read(), dict(answer.getheaders())
+    finally:
+        conn.close()
+
+
+def test_a_wrong_token_is_a_bare_401_and_the_right_one_acts(
+    guarded: tuple[ApiServer, FakeActions],
+) -> None:
+    api, actions = guarded
+    status, body, headers = call(api, "POST", "/pause", b"", "Bearer nope")
+    assert status == 401 and json.loads(body) == {"error": "unauthorized"}
+    assert "WWW-Authenticate" in headers and actions.calls == []
+    assert call(api, "GET", "/active", None, None)[0] == 401  # api_auth = all
+    bearer = f"Bearer {TOKEN.decode()}"
+    assert call(api, "GET", "/active", None, bearer)[0] == 200
+    assert call(api, "POST", "/pause", b"", bearer)[0] == 200
+    assert call(api, "POST", "/switchover", b'{"to": "b", "timeout": 5}', bearer)[0] == 200
+    assert actions.calls == [("pause",), ("switchover", "b", 5.0)]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"not json", "the body is not JSON"),
+        (b"[1]", "must be a JSON object"),
+        (b'{"to": 3}', '"to" must be a node_id'),
+        (b'{"timeout": "soon"}', '"timeout" must be a number'),
+        (b'{"timeout": 0}', "more than 0"),
+        (b'{"target": "b"}', "unknown field(s) target; accepted: to, timeout"),
+    ],
+)
+def test_a_bad_switchover_request_says_what_is_accepted(
+    guarded: tuple[ApiServer, FakeActions], body: bytes, words: str
+) -> None:
+    api, actions = guarded
+    status, answer, _ = call(api, "POST", "/switchover", body, f"Bearer {TOKEN.decode()}")
+    assert status == 400 and words in json.loads(answer)["error"] and actions.calls == []
+
+
+def test_an_unknown_action_names_the_known_ones(guarded: tuple[ApiServer, FakeActions]) -> None:
+    api, _ = guarded
+    status, answer, _ = call(api, "POST", "/reboot", b"", f"Bearer {TOKEN.decode()}")
+    assert status == 404 and json.loads(answer)["actions"] == ["/pause", "/resume", "/switchover"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "words"),
+    [
+        (0o644, "a-token-long-enough-here", "readable by others (mode 644); chmod 600"),
+        (0o600, "short", "16 characters or more"),
+    ],
+)
+def test_a_token_file_others_can_read_or_too_short_is_refused(
+    tmp_path: Path, mode: int, text: str, words: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(text)
+    path.chmod(mode)
+    with pytest.raises(UserError, match=re.escape(words)) as raised:
+        load_api_token(str(path))
+    assert text not in str(raised.value)
+    assert load_api_token("") == b""
+    with pytest.raises(UserError, match="cannot read"):
+        load_api_token(str(tmp_path / "missing"))

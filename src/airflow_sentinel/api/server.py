@@ -8,6 +8,10 @@ bounded (line, headers, body), and every bad one gets a short 4xx.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -18,6 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from airflow_sentinel.api.actions import ClusterActions, switchover_request
 from airflow_sentinel.api.metrics import Metrics
 from airflow_sentinel.controller.published import NodeView
 
@@ -26,6 +31,42 @@ log = logging.getLogger("airflow_sentinel.api")
 SOCKET_TIMEOUT = 5.0  # a client that sends nothing for this long is dropped
 MAX_BODY = 64 * 1024  # no endpoint needs more
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+ACTIONS = ["/pause", "/resume", "/switchover"]
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may ask what: networks first (403), then the token (401, no detail)."""
+
+    token: bytes = b""  # empty: no token configured, so no actions
+    all_need_token: bool = False  # api_auth = all
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def allows_address(self, address: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def authorized(self, header: str | None) -> bool:
+        """A Bearer token, or basic auth whose password is the token (any user name)."""
+        if not self.token or not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        given = b""
+        if scheme.lower() == "bearer":
+            given = value.strip().encode()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+            except (ValueError, binascii.Error):
+                return False
+        return bool(given) and hmac.compare_digest(given, self.token)
 
 
 @dataclass(frozen=True)
@@ -47,10 +88,12 @@ class Routes:
         view: Callable[[], NodeView | None],
         now: Callable[[], float],
         metrics: Metrics | None = None,
+        actions: ClusterActions | None = None,
     ) -> None:
         self._view = view
         self._now = now
         self._metrics = metrics
+        self._actions = actions
         self.probes: dict[str, Callable[[NodeView, float], bool]] = {
             "/active": NodeView.is_active,
             "/standby": NodeView.is_fit_standby,
@@ -75,6 +118,23 @@ class Routes:
                 return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"state": "starting"})
             return _json(HTTPStatus.OK, {**view.as_json(), "cycle_age_s": self._age(view)})
         return _json(HTTPStatus.NOT_FOUND, {"error": "no such path", "paths": self.paths()})
+
+    def post(self, path: str, body: object) -> Answer:
+        path = path.split("?", 1)[0].rstrip("/")
+        if path not in ACTIONS:
+            if path in self.paths():
+                return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "read-only endpoint"})
+            return _json(HTTPStatus.NOT_FOUND, {"error": "no such action", "actions": ACTIONS})
+        if self._actions is None:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "actions are not available"})
+        if path == "/pause":
+            return _json(*self._actions.pause())
+        if path == "/resume":
+            return _json(*self._actions.resume())
+        request = switchover_request(body)
+        if isinstance(request, str):
+            return _json(HTTPStatus.BAD_REQUEST, {"error": request})
+        return _json(*self._actions.switchover(*request))
 
     def paths(self) -> list[str]:
         return sorted([*self.probes, "/status", *(["/metrics"] if self._metrics else [])])
@@ -102,31 +162,68 @@ class _Handler(BaseHTTPRequestHandler):
     error_content_type = "application/json"
 
     def do_GET(self) -> None:
-        self._send(self.server.routes.get(self.path))
+        if self._admitted(action=False):
+            self._send(self.server.routes.get(self.path))
 
     def do_HEAD(self) -> None:
-        self._send(self.server.routes.get(self.path), body=False)
+        if self._admitted(action=False):
+            self._send(self.server.routes.get(self.path), body=False)
 
     def do_POST(self) -> None:
-        if not self._discard_body():
+        if not self._admitted(action=True):
             return
-        self._send(_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "read-only endpoints"}))
+        raw = self._read_body()
+        if raw is None:
+            return
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            self._send(_json(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"}))
+            return
+        self._send(self.server.routes.post(self.path, body))
 
-    do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
+    def do_PUT(self) -> None:
+        if self._admitted(action=False) and self._read_body() is not None:
+            self._send(_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "GET, HEAD or POST"}))
 
-    def _discard_body(self) -> bool:
-        """Read and drop a body within bounds; False (answered) when it is not."""
+    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+    def _admitted(self, action: bool) -> bool:
+        """The network, then the token; False when already answered (403 or 401)."""
+        access = self.server.access
+        if not access.allows_address(self.client_address[0]):
+            self.close_connection = True
+            self._send(_json(HTTPStatus.FORBIDDEN, {"error": "forbidden"}))
+            return False
+        if not (action or access.all_need_token):
+            return True
+        if action and not access.token:
+            self._send(
+                _json(
+                    HTTPStatus.FORBIDDEN,
+                    {"error": "actions need a token: set [sentinel] api_token_file"},
+                )
+            )
+            return False
+        if access.authorized(self.headers.get("Authorization")):
+            return True
+        self.close_connection = True
+        self._send(_json(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized"}))
+        return False
+
+    def _read_body(self) -> bytes | None:
+        """The body within bounds; None (answered) when it is not."""
         raw = self.headers.get("Content-Length", "0")
         if not raw.isdigit():
+            self.close_connection = True
             self._send(_json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"}))
-            return False
+            return None
         length = int(raw)
         if length > MAX_BODY:
             self.close_connection = True
             self._send(_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"}))
-            return False
-        self.rfile.read(length)
-        return True
+            return None
+        return self.rfile.read(length)
 
     def _send(self, answer: Answer, body: bool = True) -> None:
         self.send_response(answer.status)
@@ -134,7 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer.body)))
         self.send_header("Cache-Control", "no-store")
         if answer.status == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", "GET, HEAD")
+            self.send_header("Allow", "GET, HEAD, POST")
+        if answer.status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="airflow-sentinel"')
         self.end_headers()
         if body:
             self.wfile.write(answer.body)
@@ -149,10 +248,13 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], routes: Routes) -> None:
+    def __init__(
+        self, address: tuple[str, int], routes: Routes, access: Access | None = None
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.routes = routes
+        self.access = access or Access()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="api", daemon=True
         )
@@ -173,11 +275,13 @@ class ApiServer(ThreadingHTTPServer):
         log.debug("api: request from %s failed", client_address, exc_info=True)
 
 
-def start_api(address: tuple[str, int], routes: Routes) -> ApiServer | None:
+def start_api(
+    address: tuple[str, int], routes: Routes, access: Access | None = None
+) -> ApiServer | None:
     """The running server, or None (logged) when the address cannot be bound: the
     controller runs on without its API rather than not at all."""
     try:
-        server = ApiServer(address, routes)
+        server = ApiServer(address, routes, access)
     except OSError as exc:
         log.error(  # noqa: TRY400 - an environment problem: one line
             "HTTP API not started: cannot listen on %s:%s (%s); set [sentinel] api_address",

@@ -16,6 +16,7 @@ from airflow_sentinel.config.settings import (
     Key,
     Settings,
     api_address_problem,
+    api_allow_problem,
     scheduler_command_problem,
     timing_problems,
 )
@@ -105,6 +106,7 @@ def _string_problems(values: dict[str, Any], raw: dict[str, tuple[str, str]]) ->
         "node_id": _node_id_problem(values["node_id"]),
         "scheduler_command": scheduler_command_problem(values["scheduler_command"]),
         "api_address": api_address_problem(values["api_address"]),
+        "api_allow": api_allow_problem(values["api_allow"]),
     }
     return [f"{_origin(raw, name)}: {problem}" for name, problem in found.items() if problem]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import shlex
 from collections.abc import Callable
@@ -109,6 +110,28 @@ KEYS: tuple[Key, ...] = (
         "HOST:PORT of the controller's HTTP API (probes for load balancers, status, "
         "Prometheus metrics), next to Airflow's 8974; 0.0.0.0:8975 for other hosts; off: none.",
     ),
+    Key(
+        "api_auth",
+        "choice",
+        "actions",
+        "What needs the token: actions (POST /switchover, /pause, /resume), or all "
+        "(the probes, status and metrics too).",
+        choices=("actions", "all"),
+    ),
+    Key(
+        "api_token_file",
+        "str",
+        "",
+        "File (owner-only) holding the API's token, sent as `Authorization: Bearer TOKEN` "
+        "(or as the password of basic auth). Without one, the API takes no actions.",
+    ),
+    Key(
+        "api_allow",
+        "str",
+        "",
+        "Networks that may use the API, comma-separated (10.0.0.0/8, 127.0.0.1); "
+        "empty: any. Others get 403.",
+    ),
 )
 
 KEY_NAMES = frozenset(k.name for k in KEYS)
@@ -132,6 +155,9 @@ class Settings:
     event_retention: int
     log_level: str
     api_address: str
+    api_auth: str
+    api_token_file: str
+    api_allow: str
     airflow_home: str
     airflow_cfg: str
 
@@ -174,6 +200,22 @@ def api_address_problem(value: str) -> str | None:
     if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"'{value}' must be HOST:PORT (port 1 to 65535), e.g. 127.0.0.1:8975, or off"
     return None
+
+
+def api_allow_problem(value: str) -> str | None:
+    try:
+        parse_api_allow(value)
+    except ValueError as exc:
+        return f"'{value}': {exc}; give networks such as 10.0.0.0/8, 127.0.0.1"
+    return None
+
+
+def parse_api_allow(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in value.split(",")
+        if part.strip()
+    )
 
 
 def parse_api_address(value: str) -> tuple[str, int] | None:

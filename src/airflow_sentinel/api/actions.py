@@ -1,0 +1,103 @@
+"""What the API's POST endpoints do: pause, resume, switch over. They go through the
+metastore like the CLI (on a connection of their own, never the loop's) and wake this
+node's loop, so that a switchover starts now and not at the next cycle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.metastore.base import PAUSED, Metastore, switchover_flag
+from airflow_sentinel.status import choose_target, read_cluster
+
+SERVICE = "scheduler"
+MAX_WAIT = 600.0
+
+Result = tuple[int, dict[str, Any]]
+
+
+class ClusterActions:
+    def __init__(
+        self,
+        store: Metastore,
+        node_id: str,
+        lease_ttl: float,
+        wake: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._lease_ttl = lease_ttl
+        self._wake = wake
+
+    def pause(self) -> Result:
+        return self._flag(PAUSED, "1", {"paused": True})
+
+    def resume(self) -> Result:
+        return self._flag(PAUSED, None, {"paused": False})
+
+    def _flag(self, name: str, value: str | None, answer: dict[str, Any]) -> Result:
+        try:
+            self._store.set_flag(name, value)
+        except MetastoreError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
+        self._wake()
+        return HTTPStatus.OK, answer
+
+    def switchover(self, target: str | None, timeout: float) -> Result:
+        """Hand the scheduler from this node (it must be the active one) to ``target`` or
+        the freshest healthy standby; answers once the target runs it, or at ``timeout``."""
+        try:
+            state = read_cluster(self._store, SERVICE, self._lease_ttl)
+            if PAUSED in state.flags:
+                return HTTPStatus.CONFLICT, {"error": "the cluster is paused; resume it first"}
+            active = state.active_node
+            if active != self._node_id or state.lease is None:
+                return HTTPStatus.CONFLICT, {"error": "not the active node", "active": active}
+            chosen = choose_target(state, active, target)
+            self._store.set_flag(switchover_flag(SERVICE), f"{state.lease.epoch} {chosen}")
+        except UserError as exc:
+            return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+        except MetastoreError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
+        started = time.monotonic()
+        self._wake()  # the loop hands over now, not at its next cycle
+        while time.monotonic() - started < timeout:
+            if self._runs_on(chosen):
+                seconds = round(time.monotonic() - started, 3)
+                return HTTPStatus.OK, {"from": active, "to": chosen, "seconds": seconds}
+            time.sleep(0.02)
+        return HTTPStatus.GATEWAY_TIMEOUT, {
+            "error": f"switchover to {chosen} not confirmed within {timeout:g}s",
+            "to": chosen,
+        }
+
+    def _runs_on(self, node: str) -> bool:
+        try:
+            state = read_cluster(self._store, SERVICE, self._lease_ttl)
+        except MetastoreError:
+            return False
+        running = any(n.node_id == node and n.scheduler_running for n in state.running_nodes())
+        return running and state.active_node == node
+
+
+def switchover_request(body: object) -> tuple[str | None, float] | str:
+    """(target, timeout) from a request body, or what is wrong with it."""
+    if body is None:
+        return None, 60.0
+    if not isinstance(body, dict):
+        return 'the body must be a JSON object, e.g. {"to": "node-b", "timeout": 60}'
+    unknown = sorted(set(body) - {"to", "timeout"})
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; accepted: to, timeout"
+    target = body.get("to")
+    if target is not None and not isinstance(target, str):
+        return '"to" must be a node_id (a string) or null'
+    timeout = body.get("timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        return '"timeout" must be a number of seconds'
+    if not 0 < timeout <= MAX_WAIT:
+        return f'"timeout" must be more than 0 and at most {MAX_WAIT:g} seconds'
+    return target, float(timeout)
