@@ -4,6 +4,7 @@ active follows a failover, and the metrics say the same as the probes."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -43,6 +44,17 @@ def status(cluster: Cluster, node: str, path: str, method: str = "GET") -> int |
         conn.close()
 
 
+def get_json(cluster: Cluster, node: str, path: str) -> dict[str, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=10)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        assert answer.status == 200, path
+        return dict(json.loads(answer.read()))
+    finally:
+        conn.close()
+
+
 def metrics(cluster: Cluster, node: str) -> dict[str, float]:
     conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=5)
     conn.request("GET", "/metrics")
@@ -69,6 +81,10 @@ def test_the_probes_follow_the_lease_through_a_failover(cluster: Cluster) -> Non
         assert status(cluster, node, "/liveness") == 200
         assert status(cluster, node, "/readiness") == 200
         assert status(cluster, node, "/active", "HEAD") in (200, 503)
+    assert get_json(cluster, standby, "/cluster")["active_node"] == active  # any node knows
+    events = get_json(cluster, active, "/history?limit=50")["events"]
+    assert isinstance(events, list) and any(e["kind"] == "became_active" for e in events)
+    assert get_json(cluster, active, "/status")["role"] == "active"
     seen = metrics(cluster, active)
     assert seen["airflow_sentinel_role[active]"] == 1
     assert seen["airflow_sentinel_scheduler_up"] == 1 and seen["airflow_sentinel_metastore_up"] == 1
@@ -96,3 +112,50 @@ def test_a_taken_port_leaves_the_controller_running_without_its_api(cluster: Clu
 
         log = wait_until(warned, 20, "the one-line warning")
         assert "Traceback" not in log and "127.0.0.1:" in log
+
+
+TOKEN = "a-token-for-the-test-cluster-0123"
+
+
+def post(
+    cluster: Cluster, node: str, path: str, body: dict[str, object] | None, token: str | None
+) -> tuple[int, dict[str, object]]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=90)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request(
+            "POST", path, body=json.dumps(body) if body is not None else b"", headers=headers
+        )
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_a_switchover_through_the_api_answers_when_the_target_runs(cluster: Cluster) -> None:
+    token_file = cluster.root / "api-token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    cluster.settings["api_token_file"] = str(token_file)
+    for node in ("a", "b"):
+        cluster.start(node)
+    active = cluster.wait_for_one_scheduler()
+    standby = "b" if active == "a" else "a"
+    wait_until(lambda: status(cluster, standby, "/standby") == 200, 20, "a fit standby")
+
+    assert post(cluster, active, "/switchover", None, "wrong-token") == (
+        401,
+        {"error": "unauthorized"},
+    )
+    refused = post(cluster, standby, "/switchover", None, TOKEN)
+    assert refused[0] == 409 and refused[1]["active"] == active
+    done = post(cluster, active, "/switchover", {"timeout": 60}, TOKEN)
+    assert done[0] == 200 and done[1]["to"] == standby, done
+    print(f"\nswitchover through the API: {done[1]['seconds']}s")
+    wait_until(lambda: cluster.running_on() == [standby], 10, "the stand-in on the target")
+    assert cluster.overlaps() == []
+
+    assert post(cluster, standby, "/pause", None, TOKEN) == (200, {"paused": True})
+    assert "paused" in cluster.store.flags()
+    assert post(cluster, standby, "/resume", None, TOKEN) == (200, {"paused": False})
+    assert "paused" not in cluster.store.flags()

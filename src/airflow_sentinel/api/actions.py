@@ -1,11 +1,14 @@
-"""What the API's POST endpoints do: pause, resume, switch over. They go through the
-metastore like the CLI (on a connection of their own, never the loop's) and wake this
-node's loop, so that a switchover starts now and not at the next cycle."""
+"""What the API reads from and does through the metastore: the cluster and its history,
+pause, resume, switch over. Like the CLI, on a connection of its own (never the loop's),
+one call at a time; an action wakes this node's loop, so that a switchover starts now and
+not at the next cycle."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from http import HTTPStatus
 from typing import Any
 
@@ -31,6 +34,23 @@ class ClusterActions:
         self._node_id = node_id
         self._lease_ttl = lease_ttl
         self._wake = wake
+        self._lock = threading.Lock()  # one store call at a time, whatever the threads
+
+    def cluster(self) -> Result:
+        try:
+            with self._lock:
+                state = read_cluster(self._store, SERVICE, self._lease_ttl, with_history=True)
+        except MetastoreError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
+        return HTTPStatus.OK, state.to_json()
+
+    def history(self, limit: int) -> Result:
+        try:
+            with self._lock:
+                events = self._store.events(limit)
+        except MetastoreError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
+        return HTTPStatus.OK, {"events": [asdict(e) for e in events]}
 
     def pause(self) -> Result:
         return self._flag(PAUSED, "1", {"paused": True})
@@ -40,7 +60,8 @@ class ClusterActions:
 
     def _flag(self, name: str, value: str | None, answer: dict[str, Any]) -> Result:
         try:
-            self._store.set_flag(name, value)
+            with self._lock:
+                self._store.set_flag(name, value)
         except MetastoreError as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
         self._wake()
@@ -50,14 +71,16 @@ class ClusterActions:
         """Hand the scheduler from this node (it must be the active one) to ``target`` or
         the freshest healthy standby; answers once the target runs it, or at ``timeout``."""
         try:
-            state = read_cluster(self._store, SERVICE, self._lease_ttl)
+            with self._lock:
+                state = read_cluster(self._store, SERVICE, self._lease_ttl)
             if PAUSED in state.flags:
                 return HTTPStatus.CONFLICT, {"error": "the cluster is paused; resume it first"}
             active = state.active_node
             if active != self._node_id or state.lease is None:
                 return HTTPStatus.CONFLICT, {"error": "not the active node", "active": active}
             chosen = choose_target(state, active, target)
-            self._store.set_flag(switchover_flag(SERVICE), f"{state.lease.epoch} {chosen}")
+            with self._lock:
+                self._store.set_flag(switchover_flag(SERVICE), f"{state.lease.epoch} {chosen}")
         except UserError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
         except MetastoreError as exc:
@@ -76,7 +99,8 @@ class ClusterActions:
 
     def _runs_on(self, node: str) -> bool:
         try:
-            state = read_cluster(self._store, SERVICE, self._lease_ttl)
+            with self._lock:
+                state = read_cluster(self._store, SERVICE, self._lease_ttl)
         except MetastoreError:
             return False
         running = any(n.node_id == node and n.scheduler_running for n in state.running_nodes())

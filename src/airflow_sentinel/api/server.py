@@ -101,8 +101,9 @@ class Routes:
             "/readiness": NodeView.is_ready,
         }
 
-    def get(self, path: str) -> Answer:
-        path = path.split("?", 1)[0].rstrip("/") or "/"
+    def get(self, target: str) -> Answer:
+        path, _, query = target.partition("?")
+        path = path.rstrip("/") or "/"
         if path == "/metrics" and self._metrics is not None:
             return Answer(HTTPStatus.OK, self._metrics.render(), PROMETHEUS_TEXT)
         view = self._view()
@@ -113,6 +114,10 @@ class Routes:
             return _json(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, self._summary(view)
             )
+        if path in ("/cluster", "/history") and self._actions is not None:
+            if path == "/cluster":
+                return _json(*self._actions.cluster())
+            return _json(*self._actions.history(_limit(query)))
         if path == "/status":
             if view is None:
                 return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"state": "starting"})
@@ -137,7 +142,10 @@ class Routes:
         return _json(*self._actions.switchover(*request))
 
     def paths(self) -> list[str]:
-        return sorted([*self.probes, "/status", *(["/metrics"] if self._metrics else [])])
+        found = [*self.probes, "/status", *(["/metrics"] if self._metrics else [])]
+        if self._actions is not None:
+            found += ["/cluster", "/history"]
+        return sorted(found)
 
     def _summary(self, view: NodeView) -> dict[str, Any]:
         return {
@@ -150,6 +158,15 @@ class Routes:
 
     def _age(self, view: NodeView) -> float:
         return round(self._now() - view.cycle_at, 3)
+
+
+def _limit(query: str, default: int = 100, most: int = 1000) -> int:
+    """?limit=N, bounded; anything else is the default."""
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "limit" and value.isdigit():
+            return max(1, min(most, int(value)))
+    return default
 
 
 class _Handler(BaseHTTPRequestHandler):
