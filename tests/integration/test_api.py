@@ -6,8 +6,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +161,43 @@ def test_a_switchover_through_the_api_answers_when_the_target_runs(cluster: Clus
     assert "paused" in cluster.store.flags()
     assert post(cluster, standby, "/resume", None, TOKEN) == (200, {"paused": False})
     assert "paused" not in cluster.store.flags()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        pytest.fail("chromium is missing: scripts/setup-services installs it (Debian: chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    return subprocess.run(
+        [CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_status_page_renders_the_cluster_in_a_real_browser(
+    cluster: Cluster, backend: str, tmp_path: Path
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the page is the same on every metastore: rendered once")
+    for node in ("a", "b"):
+        cluster.start(node)
+    active = cluster.wait_for_one_scheduler()
+    os.kill(cluster.schedulers()[0].pid, signal.SIGKILL)  # a restart, for the timeline
+    wait_until(lambda: cluster.running_on() == [active], 30, "the scheduler back")
+    url = f"http://127.0.0.1:{cluster.api_ports[active]}/"
+    wait_until(lambda: status(cluster, active, "/active") == 200, 20, "/active")
+
+    dom = chromium("--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert f"{active} is active, epoch" in page and 'class="banner ok"' in page
+    assert page.count("<tr><td>a</td>") == 1 and page.count("<tr><td>b</td>") == 1
+    assert 'data-kind="became_active"' in page and "<script" not in page
+
+    shot = tmp_path / "status-page.png"
+    taken = chromium(f"--screenshot={shot}", "--window-size=1000,760", url)
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    keep = os.environ.get("SENTINEL_KEEP_SCREENSHOT")
+    if keep:  # how docs/status-page.png is made
+        shutil.copy(shot, keep)

@@ -12,12 +12,14 @@ from dataclasses import asdict
 from http import HTTPStatus
 from typing import Any
 
+from airflow_sentinel.api.page import PageData
 from airflow_sentinel.errors import MetastoreError, UserError
 from airflow_sentinel.metastore.base import PAUSED, Metastore, switchover_flag
 from airflow_sentinel.status import choose_target, read_cluster
 
 SERVICE = "scheduler"
 MAX_WAIT = 600.0
+PAGE_EVENTS = 500  # the timeline's reach on a busy cluster
 
 Result = tuple[int, dict[str, Any]]
 
@@ -51,6 +53,16 @@ class ClusterActions:
         except MetastoreError as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"metastore: {exc}"}
         return HTTPStatus.OK, {"events": [asdict(e) for e in events]}
+
+    def page(self) -> PageData:
+        """What the status page shows: the cluster and the last hours' events."""
+        try:
+            with self._lock:
+                state = read_cluster(self._store, SERVICE, self._lease_ttl, with_history=True)
+                events = self._store.events(PAGE_EVENTS)
+        except MetastoreError as exc:
+            return PageData(None, [], self._node_id, str(exc))
+        return PageData(state.to_json(), events, self._node_id)
 
     def pause(self) -> Result:
         return self._flag(PAUSED, "1", {"paused": True})

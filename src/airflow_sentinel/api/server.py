@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow_sentinel.api.actions import ClusterActions, switchover_request
 from airflow_sentinel.api.metrics import Metrics
+from airflow_sentinel.api.page import render as render_page
 from airflow_sentinel.controller.published import NodeView
 
 log = logging.getLogger("airflow_sentinel.api")
@@ -114,6 +115,9 @@ class Routes:
             return _json(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, self._summary(view)
             )
+        if path == "/" and self._actions is not None:
+            page = render_page(self._actions.page())
+            return Answer(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
         if path in ("/cluster", "/history") and self._actions is not None:
             if path == "/cluster":
                 return _json(*self._actions.cluster())
@@ -144,7 +148,7 @@ class Routes:
     def paths(self) -> list[str]:
         found = [*self.probes, "/status", *(["/metrics"] if self._metrics else [])]
         if self._actions is not None:
-            found += ["/cluster", "/history"]
+            found += ["/", "/cluster", "/history"]
         return sorted(found)
 
     def _summary(self, view: NodeView) -> dict[str, Any]:
