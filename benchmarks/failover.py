@@ -3,22 +3,34 @@
 Three real controllers on this machine and the overlap-detecting stand-in scheduler from
 the test suite (it starts in milliseconds, so the numbers measure the controller, not
 Airflow's start-up). Every trial also checks that no two schedulers ever overlapped.
+"switchover" is the metastore flag `airflow-sentinel switchover` sets; "switchover (API)"
+is `POST /switchover` to the active node's API, which wakes both ends at once.
+`--renewals` measures the lease renewal's latency with and without a scraper asking
+`/metrics` ten times a second.
 
     .venv/bin/python -m benchmarks.failover --trials 10
+    .venv/bin/python -m benchmarks.failover --profiles default \
+        --faults "switchover,switchover (API)"
+    .venv/bin/python -m benchmarks.failover --renewals 60
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.config.profiles import PROFILES as SHIPPED
 from airflow_sentinel.metastore.base import switchover_flag
@@ -30,7 +42,14 @@ PROFILES = {
     "fast": {k: v for k, v in SHIPPED["fast"].items() if k != "cooldown"},
     "lab": {k: v for k, v in SHIPPED["lab"].items() if k != "cooldown"},
 }
-FAULTS = ("scheduler killed", "active controller killed", "active controller frozen", "switchover")
+FAULTS = (
+    "scheduler killed",
+    "active controller killed",
+    "active controller frozen",
+    "switchover",
+    "switchover (API)",
+)
+TOKEN = "benchmark-token-0123456789abcdef"
 NODES = ("a", "b", "c")
 
 
@@ -96,25 +115,68 @@ def switchover(cluster: Cluster) -> float:
     return took
 
 
+def api_switchover(cluster: Cluster) -> float:
+    """From the request until the target's scheduler process runs."""
+    active = cluster.running_on()[0]
+    target = next(n for n in NODES if n != active)
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[active], timeout=120)
+    t0 = time.time()
+    conn.request(
+        "POST",
+        "/switchover",
+        body=json.dumps({"to": target}),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    answer = conn.getresponse()
+    body = answer.read()
+    conn.close()
+    if answer.status != 200:
+        raise SystemExit(f"POST /switchover: {answer.status} {body[:300]!r}")
+    took = new_start_after(cluster, t0)
+    standby_again(cluster, active)
+    return took
+
+
 ACTIONS: dict[str, Callable[[Cluster], float]] = dict(
-    zip(FAULTS, (kill_scheduler, kill_controller, freeze_controller, switchover), strict=True)
+    zip(
+        FAULTS,
+        (kill_scheduler, kill_controller, freeze_controller, switchover, api_switchover),
+        strict=True,
+    )
 )
 
 
-def run_profile(backend: str, profile: str, trials: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {fault: [] for fault in FAULTS}
+def with_api(cluster: Cluster, root: Path) -> None:
+    token = root / "api-token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    cluster.settings["api_token_file"] = str(token)
+    cluster.api_ports = {node: free_port() for node in NODES}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_profile(
+    backend: str, profile: str, trials: int, faults: tuple[str, ...] = FAULTS
+) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {fault: [] for fault in faults}
     with (
         tempfile.TemporaryDirectory() as tmp,
         fresh_metastore_url(backend, Path(tmp)) as url,
         running_cluster(Path(tmp), url) as cluster,
     ):
         cluster.settings = {**FAST, "start_timeout": "1", **PROFILES[profile]}
+        with_api(cluster, Path(tmp))
         for node in NODES:
             cluster.start(node)
         cluster.wait_for_one_scheduler(timeout=60)
         wait_until(lambda: set(NODES) <= set(cluster.nodes()), 30, "every node registered")
         for trial in range(trials):
-            for fault in FAULTS:
+            for fault in faults:
                 cluster.wait_for_one_scheduler(timeout=60)
                 took = ACTIONS[fault](cluster)
                 results[fault].append(took)
@@ -126,6 +188,83 @@ def run_profile(backend: str, profile: str, trials: int) -> dict[str, list[float
             raise SystemExit(f"OVERLAP detected: {overlaps}")
         cluster.stop_all()
     return results
+
+
+def renewal_latency(backend: str, seconds: float) -> dict[str, dict[str, float]]:
+    """One active controller, default profile but renewing every 0.5 s: its renewal
+    histogram over ``seconds`` without, then with, a scraper at 10 requests a second."""
+    found: dict[str, dict[str, float]] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fresh_metastore_url(backend, Path(tmp)) as url,
+        running_cluster(Path(tmp), url) as cluster,
+    ):
+        cluster.settings = {**FAST, "lease_ttl": "4", "renew_interval": "0.5"}
+        cluster.api_ports = {"a": free_port()}
+        cluster.start("a")
+        cluster.wait_for_one_scheduler(timeout=60)
+        for label, scrape in (("without a scraper", False), ("scraped 10/s", True)):
+            before = renewal_histogram(cluster)
+            stop = threading.Event()
+            scraper = threading.Thread(target=scrape_until, args=(cluster, stop), daemon=True)
+            if scrape:
+                scraper.start()
+            time.sleep(seconds)  # the measurement window itself
+            stop.set()
+            if scrape:
+                scraper.join()
+            found[label] = window(before, renewal_histogram(cluster))
+        cluster.stop_all()
+    return found
+
+
+def scrape_until(cluster: Cluster, stop: threading.Event) -> None:
+    while not stop.wait(0.1):
+        conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports["a"], timeout=5)
+        conn.request("GET", "/metrics")
+        conn.getresponse().read()
+        conn.close()
+
+
+def renewal_histogram(cluster: Cluster) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports["a"], timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "airflow_sentinel_lease_renewal_seconds":
+            continue
+        for sample in family.samples:
+            key = sample.name.rsplit("_", 1)[-1]
+            values[f"le={sample.labels['le']}" if key == "bucket" else key] = sample.value
+    return values
+
+
+def window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Count, mean and p95 (the upper bound of its bucket) of the renewals between."""
+    count = after["count"] - before["count"]
+    total = after["sum"] - before["sum"]
+    buckets = sorted(
+        (float(k[3:]), after[k] - before.get(k, 0.0)) for k in after if k.startswith("le=")
+    )
+    p95_bound = next((le for le, n in buckets if n >= 0.95 * count), float("inf"))
+    return {
+        "renewals": count,
+        "mean_ms": 1000 * total / count if count else 0.0,
+        "p95_le_ms": 1000 * p95_bound,
+    }
+
+
+def renewal_table(backend: str, found: dict[str, dict[str, float]]) -> str:
+    rows = [
+        f"| {backend} | {k} | {v['renewals']:.0f} | {v['mean_ms']:.2f} ms "
+        f"| <= {v['p95_le_ms']:g} ms |"
+        for k, v in found.items()
+    ]
+    return "\n".join(
+        ["| metastore | load | renewals | mean | p95 |", "|---|---|---|---|---|", *rows]
+    )
 
 
 def p95(values: list[float]) -> float:
@@ -154,12 +293,24 @@ def main() -> int:
     parser.add_argument("--backends", default=",".join(selected_backends()))
     parser.add_argument("--profiles", default="default,fast")
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--renewals", type=float, metavar="S", help="measure renewals for S seconds instead"
+    )
     args = parser.parse_args()
+    if args.renewals:
+        for backend in args.backends.split(","):
+            print(renewal_table(backend, renewal_latency(backend, args.renewals)), flush=True)
+        return 0
+    faults = tuple(f.strip() for f in args.faults.split(","))
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        parser.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
     all_results = {}
     for backend in args.backends.split(","):
         for profile in args.profiles.split(","):
-            all_results[(backend, profile)] = run_profile(backend, profile, args.trials)
+            all_results[(backend, profile)] = run_profile(backend, profile, args.trials, faults)
     print()
     print(table(all_results))
     if args.json:

@@ -223,6 +223,7 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     from airflow_sentinel.api.actions import ClusterActions
     from airflow_sentinel.api.metrics import Metrics
     from airflow_sentinel.api.server import Access, Routes, start_api
+    from airflow_sentinel.api.wake import wake_on_hand_over
 
     address = parse_api_address(settings.api_address)
     if address is None:
@@ -236,13 +237,22 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     controller.published.subscribe(metrics.on_event)
     controller.leases.on_renewal = metrics.on_renewal
     store = open_metastore(settings.metastore, clock, settings.renew_interval, settings.lease_ttl)
-    actions = ClusterActions(store, settings.node_id, settings.lease_ttl, controller.wake)
+    actions = ClusterActions(store, settings.node_id, settings.lease_ttl, controller.request_cycle)
     routes = Routes(controller.published.latest, clock.now, metrics, actions)
     server = start_api(address, routes, access)
     if server is None:
         store.close()
         return None
+    controller.api_url = advertised_url(address[0], server.port)
+    controller.published.subscribe(wake_on_hand_over(actions.api_of, access.token))
     return Closer(server.close, store.close)
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The URL other nodes use: a wildcard address is this host's name."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding to it
+        host = socket.getfqdn()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class Closer:

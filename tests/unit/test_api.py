@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.api.metrics import Metrics, takeover_reason
 from airflow_sentinel.api.server import MAX_BODY, Access, ApiServer, Routes
-from airflow_sentinel.cli import load_api_token
+from airflow_sentinel.api.wake import handed_over_to
+from airflow_sentinel.cli import advertised_url, load_api_token
 from airflow_sentinel.config.settings import parse_api_allow
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.published import NodeView, Publisher
@@ -311,7 +312,12 @@ def test_a_bad_switchover_request_says_what_is_accepted(
 def test_an_unknown_action_names_the_known_ones(guarded: tuple[ApiServer, FakeActions]) -> None:
     api, _ = guarded
     status, answer, _ = call(api, "POST", "/reboot", b"", f"Bearer {TOKEN.decode()}")
-    assert status == 404 and json.loads(answer)["actions"] == ["/pause", "/resume", "/switchover"]
+    assert status == 404 and json.loads(answer)["actions"] == [
+        "/pause",
+        "/resume",
+        "/switchover",
+        "/wake",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -333,3 +339,22 @@ def test_a_token_file_others_can_read_or_too_short_is_refused(
     assert load_api_token("") == b""
     with pytest.raises(UserError, match="cannot read"):
         load_api_token(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("detail", "target"),
+    [("to b", "b"), ("to b failed: lease lost", None), ("", None)],
+)
+def test_only_a_completed_hand_over_wakes_its_target(detail: str, target: str | None) -> None:
+    event = Event("a", "scheduler", ev.HANDED_OVER, detail, 3)
+    assert handed_over_to(event) == target
+    assert handed_over_to(Event("a", "scheduler", ev.DEMOTED, "to b", 3)) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8975"), ("::1", "http://[::1]:8975")],
+)
+def test_the_advertised_url(host: str, url: str) -> None:
+    assert advertised_url(host, 8975) == url
+    assert advertised_url("0.0.0.0", 8975) == f"http://{socket.getfqdn()}:8975"

@@ -64,6 +64,19 @@ class ClusterActions:
             return PageData(None, [], self._node_id, str(exc))
         return PageData(state.to_json(), events, self._node_id)
 
+    def api_of(self, node_id: str) -> str | None:
+        """Where ``node_id``'s API answers, as its last report says."""
+        try:
+            with self._lock:
+                nodes = self._store.nodes()
+        except MetastoreError:
+            return None
+        return next((n.api for n in nodes if n.node_id == node_id), None)
+
+    def wake_self(self) -> Result:
+        self._wake()
+        return HTTPStatus.OK, {"woken": True}
+
     def pause(self) -> Result:
         return self._flag(PAUSED, "1", {"paused": True})
 

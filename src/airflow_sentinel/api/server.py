@@ -32,7 +32,7 @@ log = logging.getLogger("airflow_sentinel.api")
 SOCKET_TIMEOUT = 5.0  # a client that sends nothing for this long is dropped
 MAX_BODY = 64 * 1024  # no endpoint needs more
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-ACTIONS = ["/pause", "/resume", "/switchover"]
+ACTIONS = ["/pause", "/resume", "/switchover", "/wake"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ class Routes:
             return _json(*self._actions.pause())
         if path == "/resume":
             return _json(*self._actions.resume())
+        if path == "/wake":  # a switchover's target, told by the node that handed over
+            return _json(*self._actions.wake_self())
         request = switchover_request(body)
         if isinstance(request, str):
             return _json(HTTPStatus.BAD_REQUEST, {"error": request})

@@ -117,6 +117,7 @@ class Controller:
         self.events.on_event = self.published.event
         self._last_heartbeat_age: float | None = None
         self._reachable = False
+        self.api_url: str | None = None  # where this node's API answers, for the registry
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -142,6 +143,12 @@ class Controller:
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # full buffer: a wake-up is pending anyway
             self._wake_w.send(b"\0")
+
+    def request_cycle(self) -> None:
+        """Run a cycle now, not at the next poll (a switchover, or its target told of it);
+        safe from any thread."""
+        self._tick_now = True
+        self.wake()
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -536,6 +543,7 @@ class Controller:
             epoch=self.epoch,
             instance=self.instance.token,
             cooldown_left_s=round(left, 1) if left > 0 else None,
+            api=self.api_url,
         )
         if not self.registry.report(report, self.epoch, at_start):
             self.leases.store_failed = True

@@ -62,6 +62,7 @@ class NodeReport:
     epoch: int | None
     instance: str | None = None  # the reporting controller's instance token
     cooldown_left_s: float | None = None  # stepped down: seconds until it may lead again
+    api: str | None = None  # where its HTTP API answers (http://HOST:PORT), if it serves one
 
 
 @dataclass(frozen=True)

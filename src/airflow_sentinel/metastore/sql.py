@@ -64,12 +64,14 @@ node_table = sa.Table(
     sa.Column("heartbeat_at", sa.Double, nullable=False),
     sa.Column("instance", sa.String(255), nullable=True),
     sa.Column("cooldown_left", sa.Double, nullable=True),
+    sa.Column("api", sa.String(255), nullable=True),
 )
 # Columns added after the first release: ensure_schema adds them to existing tables.
 ADDED_COLUMNS = (
     lease_table.c.holder_instance,
     node_table.c.instance,
     node_table.c.cooldown_left,
+    node_table.c.api,
 )
 
 event_table = sa.Table(
@@ -385,6 +387,7 @@ class SqlMetastore(Metastore):
             "epoch": report.epoch,
             "instance": report.instance,
             "cooldown_left": report.cooldown_left_s,
+            "api": report.api,
             "heartbeat_at": self._now(),
         }
         row = node_table.c
@@ -445,6 +448,7 @@ class SqlMetastore(Metastore):
                 epoch=r.epoch,
                 instance=r.instance,
                 cooldown_left_s=r.cooldown_left,
+                api=r.api,
                 last_heartbeat_age_s=max(0.0, float(r.age)),
             )
             for r in rows
