@@ -162,6 +162,14 @@ def test_a_switchover_through_the_api_answers_when_the_target_runs(cluster: Clus
     assert post(cluster, standby, "/resume", None, TOKEN) == (200, {"paused": False})
     assert "paused" not in cluster.store.flags()
 
+    # The CLI asks the active node's API itself (its address is in the node registry).
+    wait_until(lambda: status(cluster, active, "/standby") == 200, 20, "the old leader fit")
+    done_cli = cluster.cli("switchover", "--to", active)
+    assert done_cli.returncode == 0, done_cli.stdout + done_cli.stderr
+    assert f"through {standby}'s API" in done_cli.stdout
+    wait_until(lambda: cluster.running_on() == [active], 10, "the stand-in back on the first")
+    assert cluster.overlaps() == []
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
