@@ -238,7 +238,16 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     metrics = Metrics(settings.node_id, controller.published.latest, clock.now)
     controller.published.subscribe(metrics.on_event)
     controller.leases.on_renewal = metrics.on_renewal
-    store = open_metastore(settings.metastore, clock, settings.renew_interval, settings.lease_ttl)
+    try:
+        store = open_metastore(
+            settings.metastore, clock, settings.renew_interval, settings.lease_ttl
+        )
+    except SentinelError as exc:  # the loop has its own connection and copes; so do we
+        logging.getLogger("airflow_sentinel.api").error(  # noqa: TRY400 - one line
+            "HTTP API without /cluster, /history and actions: %s", exc
+        )
+        bare = start_api(address, Routes(controller.published.latest, clock.now, metrics), access)
+        return None if bare is None else Closer(bare.close)
     actions = ClusterActions(store, settings.node_id, settings.lease_ttl, controller.request_cycle)
     routes = Routes(controller.published.latest, clock.now, metrics, actions)
     server = start_api(address, routes, access)
