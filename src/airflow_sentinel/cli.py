@@ -22,6 +22,9 @@ from rich.console import Console
 
 from airflow_sentinel import __version__
 from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
+from airflow_sentinel.api.actions import MAX_WAIT as MAX_SWITCHOVER_WAIT
+from airflow_sentinel.api.actions import api_on_host
+from airflow_sentinel.api.wake import NO_REDIRECTS
 from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import (
@@ -38,7 +41,7 @@ from airflow_sentinel.errors import (
     UserError,
 )
 from airflow_sentinel.metastore import Metastore, open_metastore
-from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, switchover_flag
+from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, NodeRecord, switchover_flag
 from airflow_sentinel.metastore.urls import mask, password_of
 from airflow_sentinel.status import (
     ClusterState,
@@ -248,7 +251,9 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
         )
         bare = start_api(address, Routes(controller.published.latest, clock.now, metrics), access)
         return None if bare is None else Closer(bare.close)
-    actions = ClusterActions(store, settings.node_id, settings.lease_ttl, controller.request_cycle)
+    actions = ClusterActions(
+        store, settings.node_id, settings.lease_ttl, controller.request_cycle, controller.host
+    )
     routes = Routes(controller.published.latest, clock.now, metrics, actions)
     server = start_api(address, routes, access)
     if server is None:
@@ -475,8 +480,8 @@ def switchover(target: str | None, timeout: float, **flags: Any) -> None:
         if active is None or state.lease is None:
             raise UserError("no node is active; there is nothing to switch over")
         chosen = choose_target(state, active, target)
-        api = next((n.api for n in state.nodes if n.node_id == active), None)
-        done = switchover_through_api(api, settings.api_token_file, chosen, timeout)
+        record = next((n for n in state.nodes if n.node_id == active), None)
+        done = switchover_through_api(record, settings.api_token_file, chosen, timeout)
         if done is not None:
             click.echo(f"done: {chosen} runs the scheduler ({done:.1f}s, through {active}'s API)")
             return
@@ -498,27 +503,38 @@ def switchover(target: str | None, timeout: float, **flags: Any) -> None:
 
 
 def switchover_through_api(
-    api: str | None, token_file: str, target: str, timeout: float
+    active: NodeRecord | None, token_file: str, target: str, timeout: float
 ) -> float | None:
     """Ask the active node's API to hand over (it wakes both ends at once): the seconds
-    it took, or None when the API cannot be asked, so that the metastore flag is used.
-    A refusal the API explains (409, 400) is the operator's answer, not a reason to retry."""
-    token = load_api_token(token_file)
-    if not api or not api.startswith(("http://", "https://")) or not token:
+    it took, or None when that API cannot be asked (no token here, no address, not on the
+    active node's host, not answering, not the active node after all), so that the
+    metastore flag is used instead. A refusal the API explains is the operator's answer."""
+    try:
+        token = load_api_token(token_file)
+    except UserError:
+        return None  # not readable by this user: the flag needs no token
+    api = active.api if active is not None else None
+    if not token or not api or not api.startswith(("http://", "https://")):
         return None
+    if active is None or not api_on_host(api, active.host, host_identity()):
+        return None  # the token goes only to the active node's own host
+    wait = min(timeout, MAX_SWITCHOVER_WAIT)
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         f"{api}/switchover",
-        data=json.dumps({"to": target, "timeout": timeout}).encode(),
+        data=json.dumps({"to": target, "timeout": wait}).encode(),
         method="POST",
         headers={"Authorization": f"Bearer {token.decode()}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout + 5) as answer:  # noqa: S310
+        with NO_REDIRECTS.open(request, timeout=wait + 5) as answer:
             return float(json.loads(answer.read())["seconds"])
     except urllib.error.HTTPError as exc:
-        if exc.code in (400, 409):
-            raise UserError(f"switchover refused: {_api_error(exc)}") from None
-        return None  # 401, 503, 504 ...: the flag still works
+        why = _api_error(exc)
+        if exc.code == 504:
+            raise SentinelError(f"{why}; see `airflow-sentinel status`") from None
+        if exc.code in (400, 409) and "not the active node" not in why:
+            raise UserError(f"switchover refused: {why}") from None
+        return None
     except (OSError, ValueError, KeyError):
         return None
 

@@ -9,6 +9,7 @@ import http.client
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.api.metrics import Metrics, takeover_reason
-from airflow_sentinel.api.server import MAX_BODY, Access, ApiServer, Routes
+from airflow_sentinel.api.server import MAX_BODY, MAX_CONNECTIONS, Access, ApiServer, Routes
 from airflow_sentinel.api.wake import handed_over_to
 from airflow_sentinel.cli import advertised_url, load_api_token
 from airflow_sentinel.config.settings import parse_api_allow
@@ -33,6 +34,7 @@ ACTIVE = NodeView(
     role="active",
     epoch=7,
     lease_left_s=10.0,
+    demote_in_s=4.0,
     scheduler_state="running",
     scheduler_pid=42,
     heartbeat_age_s=1.0,
@@ -44,9 +46,16 @@ ACTIVE = NodeView(
     metastore_reachable=True,
     cycle_at=100.0,
     cycle_every_s=3.0,
+    cycle_bound_s=30.0,
 )
 STANDBY = replace(
-    ACTIVE, role="standby", epoch=None, lease_left_s=None, scheduler_state=None, scheduler_pid=None
+    ACTIVE,
+    role="standby",
+    epoch=None,
+    lease_left_s=None,
+    demote_in_s=None,
+    scheduler_state=None,
+    scheduler_pid=None,
 )
 
 
@@ -70,7 +79,10 @@ def routes(view: NodeView | None, clock: Clock) -> Routes:
         (STANDBY, "/active", 503),
         (STANDBY, "/standby", 200),
         (replace(ACTIVE, scheduler_state="starting"), "/active", 503),  # not proven yet
-        (replace(ACTIVE, lease_left_s=-0.1), "/active", 503),
+        (replace(ACTIVE, demote_in_s=-0.1), "/active", 503),
+        (replace(ACTIVE, leaving=True), "/active", 503),  # stopping its scheduler
+        (replace(STANDBY, paused=True), "/standby", 503),  # would not take over
+        (replace(STANDBY, held="upgrade"), "/standby", 503),
         (replace(STANDBY, fit=False), "/standby", 503),  # cooling down
         (replace(STANDBY, conflict="clone"), "/standby", 503),
         (replace(STANDBY, conflict="clone"), "/readiness", 503),
@@ -83,20 +95,25 @@ def test_each_probe_answers_for_the_view(view: NodeView | None, path: str, statu
     assert routes(view, Clock()).get(path).status == status
 
 
-def test_a_lease_that_ran_out_since_the_last_cycle_is_not_active() -> None:
+def test_past_its_demote_deadline_since_the_last_cycle_a_node_is_not_active() -> None:
     clock = Clock()
-    clock.now = 100.0 + 8.0  # within the liveness deadline (9 s) and the lease (10 s)
+    clock.now = 100.0 + 3.0  # the lease is good for 4 s more than the last cycle saw
     assert routes(ACTIVE, clock).get("/active").status == 200
-    clock.now = 100.0 + 10.5  # the lease expired since the loop last looked
+    clock.now = 100.0 + 4.5  # the loop has not looked since: it may be demoting now
     assert routes(ACTIVE, clock).get("/active").status == 503
+    fresh = replace(ACTIVE, demote_in_s=60.0)
+    clock.now = 100.0 + 6.5  # no cycle for two intervals: the view is too old to vouch
+    assert routes(fresh, clock).get("/active").status == 503
 
 
 def test_liveness_fails_when_the_loop_stops_cycling() -> None:
     clock = Clock()
     assert routes(STANDBY, clock).get("/liveness").status == 200
-    clock.now = 100.0 + 3 * 3.0 + 0.1
+    clock.now = 100.0 + 3.0 + 30.0  # the longest a cycle may take (a stop, a kill)
+    assert routes(STANDBY, clock).get("/liveness").status == 200
+    clock.now += 0.1
     answer = routes(STANDBY, clock).get("/liveness")
-    assert answer.status == 503 and json.loads(answer.body)["cycle_age_s"] == 9.1
+    assert answer.status == 503 and json.loads(answer.body)["cycle_age_s"] == 33.1
 
 
 def test_unknown_paths_name_the_known_ones() -> None:
@@ -168,7 +185,7 @@ def test_garbage_and_a_silent_client_do_not_stop_the_others(server: ApiServer) -
     garbage = socket.create_connection(("127.0.0.1", server.port))
     garbage.sendall(b"\x00\xff not http at all\r\n\r\n")
     reply = garbage.recv(500)
-    assert b'"error": "400' in reply and b"<html" not in reply  # short, and no detail page
+    assert reply == b'{"error": 400}\n'  # short JSON, no detail page
     brew = socket.create_connection(("127.0.0.1", server.port))
     brew.sendall(b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n")
     assert brew.recv(200).startswith(b"HTTP/1.1 501")
@@ -185,6 +202,7 @@ def test_metrics_parse_and_answer_the_3am_questions(server: ApiServer) -> None:
     assert role == {"active": 1.0, "standby": 0.0, "stopped": 0.0}
     assert families["airflow_sentinel_epoch"].samples[0].value == 7
     assert families["airflow_sentinel_lease_remaining_seconds"].samples[0].value == 9.0
+    assert families["airflow_sentinel_lease_renewal_failures"].samples[0].value == 0
     takeovers = families["airflow_sentinel_takeovers"].samples
     assert any(s.labels == {"node_id": "a", "reason": "free"} and s.value == 1 for s in takeovers)
     for family in families.values():
@@ -358,3 +376,35 @@ def test_only_a_completed_hand_over_wakes_its_target(detail: str, target: str | 
 def test_the_advertised_url(host: str, url: str) -> None:
     assert advertised_url(host, 8975) == url
     assert advertised_url("0.0.0.0", 8975) == f"http://{socket.getfqdn()}:8975"
+
+
+def test_a_flood_of_idle_connections_is_capped_and_the_api_still_answers(
+    server: ApiServer,
+) -> None:
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        wait_for_full(server)
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        assert extra.recv(10) == b""  # closed at once: no thread for it
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_for_answer(server) == 200  # the slots are back once those are gone
+
+
+def wait_for_full(server: ApiServer) -> None:
+    deadline = time.monotonic() + 10
+    while server._slots._value > 0:  # the semaphore.s count: every slot taken
+        assert time.monotonic() < deadline, "the idle connections never took their slots"
+        time.sleep(0.01)
+
+
+def wait_for_answer(server: ApiServer) -> int:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return request(server, "GET", "/liveness")[0]
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

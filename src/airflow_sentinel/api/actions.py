@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict
 from http import HTTPStatus
@@ -31,12 +32,15 @@ class ClusterActions:
         node_id: str,
         lease_ttl: float,
         wake: Callable[[], None],
+        host: str = "",
     ) -> None:
         self._store = store
         self._node_id = node_id
         self._lease_ttl = lease_ttl
         self._wake = wake
+        self._host = host  # this controller's host identity (name/boot id)
         self._lock = threading.Lock()  # one store call at a time, whatever the threads
+        self._switching = threading.Lock()  # one switchover at a time
 
     def cluster(self) -> Result:
         try:
@@ -65,13 +69,17 @@ class ClusterActions:
         return PageData(state.to_json(), events, self._node_id)
 
     def api_of(self, node_id: str) -> str | None:
-        """Where ``node_id``'s API answers, as its last report says."""
+        """Where ``node_id``'s API answers, as its last report says, if that address is
+        its own host's (the token is sent there)."""
         try:
             with self._lock:
                 nodes = self._store.nodes()
         except MetastoreError:
             return None
-        return next((n.api for n in nodes if n.node_id == node_id), None)
+        node = next((n for n in nodes if n.node_id == node_id), None)
+        if node is None or not node.api or not api_on_host(node.api, node.host, self._host):
+            return None
+        return node.api
 
     def wake_self(self) -> Result:
         self._wake()
@@ -94,7 +102,16 @@ class ClusterActions:
 
     def switchover(self, target: str | None, timeout: float) -> Result:
         """Hand the scheduler from this node (it must be the active one) to ``target`` or
-        the freshest healthy standby; answers once the target runs it, or at ``timeout``."""
+        the freshest healthy standby; answers once the target runs it, or at ``timeout``.
+        One at a time: a second request meanwhile is a 409."""
+        if not self._switching.acquire(blocking=False):
+            return HTTPStatus.CONFLICT, {"error": "a switchover is already under way"}
+        try:
+            return self._switchover(target, timeout)
+        finally:
+            self._switching.release()
+
+    def _switchover(self, target: str | None, timeout: float) -> Result:
         try:
             with self._lock:
                 state = read_cluster(self._store, SERVICE, self._lease_ttl)
@@ -116,7 +133,7 @@ class ClusterActions:
             if self._runs_on(chosen):
                 seconds = round(time.monotonic() - started, 3)
                 return HTTPStatus.OK, {"from": active, "to": chosen, "seconds": seconds}
-            time.sleep(0.02)
+            time.sleep(0.05)
         return HTTPStatus.GATEWAY_TIMEOUT, {
             "error": f"switchover to {chosen} not confirmed within {timeout:g}s",
             "to": chosen,
@@ -150,3 +167,13 @@ def switchover_request(body: object) -> tuple[str | None, float] | str:
     if not 0 < timeout <= MAX_WAIT:
         return f'"timeout" must be more than 0 and at most {MAX_WAIT:g} seconds'
     return target, float(timeout)
+
+
+def api_on_host(url: str, node_host: str, my_host: str) -> bool:
+    """Whether ``url`` points at the host the node reports from: its name (the part of
+    its host identity before the boot id), or loopback when that host is ours."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    name = node_host.split("/", 1)[0]
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return node_host == my_host
+    return host == name or host.split(".", 1)[0] == name.split(".", 1)[0]

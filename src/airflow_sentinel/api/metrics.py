@@ -208,8 +208,10 @@ class Metrics:
         elif event.kind == ev.INSTANCE_CONFLICT and not event.detail.startswith("resolved"):
             self.conflicts.labels(node).inc()
 
-    def on_renewal(self, seconds: float, ok: bool) -> None:
-        self.renewals.labels(self.node_id).observe(seconds)
+    def on_renewal(self, seconds: float | None, ok: bool) -> None:
+        """``seconds`` None: a renewal not tried (too close to the deadline): a failure."""
+        if seconds is not None:
+            self.renewals.labels(self.node_id).observe(seconds)
         if not ok:
             self.renew_failures.labels(self.node_id).inc()
 

@@ -181,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "airflow-sentinel"
     sys_version = ""
-    error_message_format = '{"error": "%(code)d %(message)s"}\n'  # no HTML, no detail
+    error_message_format = '{"error": %(code)d}\n'  # no HTML, no detail, always JSON
     error_content_type = "application/json"
 
     def do_GET(self) -> None:
@@ -221,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not (action or access.all_need_token):
             return True
         if action and not access.token:
+            self.close_connection = True  # its body is not read
             self._send(
                 _json(
                     HTTPStatus.FORBIDDEN,
@@ -265,8 +266,12 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("api %s: " + format, self.address_string(), *args)
 
 
+MAX_CONNECTIONS = 32  # served at once; more are closed at once, not queued on threads
+
+
 class ApiServer(ThreadingHTTPServer):
-    """Serves ``routes`` on ``address`` from a daemon thread; ``close`` stops it."""
+    """Serves ``routes`` on ``address`` from a daemon thread; ``close`` stops it. At most
+    MAX_CONNECTIONS at once, each on its own thread: a flood costs sockets, not threads."""
 
     daemon_threads = True
     request_queue_size = 64
@@ -278,6 +283,7 @@ class ApiServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.routes = routes
         self.access = access or Access()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="api", daemon=True
         )
@@ -293,6 +299,18 @@ class ApiServer(ThreadingHTTPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: this one is dropped, the others go on
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("api: request from %s failed", client_address, exc_info=True)

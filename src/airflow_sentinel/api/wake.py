@@ -18,6 +18,16 @@ log = logging.getLogger("airflow_sentinel.api")
 WAKE_TIMEOUT = 1.0
 
 
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    """The token goes to the address in the registry, never where a redirect points."""
+
+    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+
+NO_REDIRECTS = urllib.request.build_opener(_Refuse())
+
+
 def handed_over_to(event: Event) -> str | None:
     """The target of a completed hand-over event, or None."""
     if event.kind != ev.HANDED_OVER or not event.detail.startswith("to "):
@@ -50,7 +60,7 @@ def _wake(api_of: Callable[[str], str | None], target: str, token: bytes) -> Non
         headers={"Authorization": f"Bearer {token.decode()}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=WAKE_TIMEOUT):  # noqa: S310 (registry URL)
+        with NO_REDIRECTS.open(request, timeout=WAKE_TIMEOUT):
             pass
     except (OSError, ValueError) as exc:
         log.debug("could not wake %s at %s: %s", target, url, type(exc).__name__)

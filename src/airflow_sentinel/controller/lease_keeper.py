@@ -30,7 +30,7 @@ class LeaseKeeper:
         # The store failed a call since the last renewal: see `renew_in_time`.
         self.store_failed = False
         # Hears how long each renewal took and whether it held (the metrics' histogram).
-        self.on_renewal: Callable[[float, bool], None] | None = None
+        self.on_renewal: Callable[[float | None, bool], None] | None = None
 
     @property
     def epoch(self) -> int | None:
@@ -49,7 +49,7 @@ class LeaseKeeper:
         assert self.lease is not None
         left = timing.demote_at(self.lease.valid_until) - self._clock.now()
         if self.store_failed and left < self._settings().renew_interval:
-            self._observe(0.0, ok=False)
+            self._observe(None, ok=False)
             return LeaseStatus.UNREACHABLE  # not renewed; at the deadline the policy demotes
         began = self._clock.now()
         status = self._renew()
@@ -57,9 +57,14 @@ class LeaseKeeper:
         self.store_failed = status is LeaseStatus.UNREACHABLE
         return status
 
-    def _observe(self, seconds: float, ok: bool) -> None:
-        if self.on_renewal is not None:
+    def _observe(self, seconds: float | None, ok: bool) -> None:
+        """Tell the listener (None: not tried); its failure never reaches the lease."""
+        if self.on_renewal is None:
+            return
+        try:
             self.on_renewal(seconds, ok)
+        except Exception:  # a metrics bug must not cost a renewal
+            log.exception("the renewal listener failed")
 
     def _renew(self) -> LeaseStatus:
         assert self.lease is not None

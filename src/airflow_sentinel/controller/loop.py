@@ -268,9 +268,10 @@ class Controller:
         self._reachable = reachable
         self.published.publish(self.view())
 
-    def view(self) -> NodeView:
+    def view(self, leaving: bool = False) -> NodeView:
         """This controller as the last cycle left it, for readers outside the loop."""
         now = self.clock.now()
+        lease = self.lease
         run = self.scheduler.view()
         left = self.unfit_until - now
         return NodeView(
@@ -279,7 +280,10 @@ class Controller:
             version=__version__,
             role=self.role.value,
             epoch=self.epoch,
-            lease_left_s=None if self.lease is None else round(self.lease.valid_until - now, 3),
+            lease_left_s=None if lease is None else round(lease.valid_until - now, 3),
+            demote_in_s=None
+            if lease is None
+            else round(self.timing.demote_at(lease.valid_until) - now, 3),
             scheduler_state=None if run.state is RunState.STOPPED else run.state.value,
             scheduler_pid=run.pid,
             heartbeat_age_s=self._last_heartbeat_age,
@@ -291,6 +295,9 @@ class Controller:
             metastore_reachable=self._reachable,
             cycle_at=now,
             cycle_every_s=self.settings.renew_interval,
+            # Each store call is bounded by renew_interval; a stop by stop_timeout + a kill.
+            cycle_bound_s=4 * self.settings.renew_interval + self.settings.stop_timeout + KILL_WAIT,
+            leaving=leaving,
         )
 
     def _read_flags(self) -> bool:
@@ -373,6 +380,7 @@ class Controller:
         """Stop gracefully within the fence; True when the scheduler is known dead."""
         if not self.scheduler.active:
             return True
+        self.published.publish(self.view(leaving=True))  # /active says 503 from now on
         grace = self.settings.stop_timeout
         if self.lease is not None:
             grace = min(

@@ -27,6 +27,7 @@ class NodeView:
     role: str  # active, standby, stopped
     epoch: int | None
     lease_left_s: float | None  # until the lease expires, while we hold it
+    demote_in_s: float | None  # until this node must have stopped its scheduler
     scheduler_state: str | None  # starting, running (it passed its start check), stopping
     scheduler_pid: int | None
     heartbeat_age_s: float | None  # of its heartbeat row (health_check = heartbeat)
@@ -38,34 +39,41 @@ class NodeView:
     metastore_reachable: bool
     cycle_at: float  # when this cycle ended
     cycle_every_s: float  # renew_interval: the next cycle is due this long after
+    cycle_bound_s: float  # the longest a cycle may take: store timeouts, a stop, a kill
+    leaving: bool = False  # demoting, stepping down or handing over: stopping its scheduler
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
     # -- the probes' questions -----------------------------------------------------------
     def live(self, now: float) -> bool:
-        """The loop ran within its deadline: a cycle every renew_interval, each store call
-        bounded by one more, and one cycle's slack."""
-        return now - self.cycle_at <= 3 * self.cycle_every_s
+        """The loop ran within its deadline: the next cycle is due after renew_interval,
+        and one cycle may take as long as its store calls, a stop and a kill take."""
+        return now - self.cycle_at <= self.cycle_every_s + self.cycle_bound_s
 
     def is_active(self, now: float) -> bool:
-        """Holds a valid lease and runs a scheduler that proved itself."""
+        """Holds a lease it need not give up yet, and runs a scheduler that proved itself;
+        never while it is stopping it, and never past its demote deadline, so that two
+        nodes cannot both answer 200 across a handoff."""
         return (
             self.role == ACTIVE
-            and self.lease_left_s is not None
-            and self.lease_left_s - (now - self.cycle_at) > 0
+            and not self.leaving
+            and self.demote_in_s is not None
+            and self.demote_in_s - (now - self.cycle_at) > 0
             and self.scheduler_state == "running"
-            and self.live(now)
+            and now - self.cycle_at <= 2 * self.cycle_every_s
         )
 
     def is_fit_standby(self, now: float) -> bool:
         """Would take over: a standby that sees the metastore, is not cooling down, has
-        its node_id to itself, and whose loop runs."""
+        its node_id to itself, whose loop runs, in a cluster neither paused nor held."""
         return (
             self.role == STANDBY
             and self.fit
             and self.conflict is None
             and self.metastore_reachable
+            and not self.paused
+            and self.held is None
             and self.live(now)
         )
 

@@ -20,7 +20,10 @@ FIXED_ON_RELOAD = (
     "health_check",
     "schema_gate",
     "scheduler_command",
-    "api_address",  # the server is bound at start
+    "api_address",  # the server, its token and its allowlist are set up at start
+    "api_auth",
+    "api_token_file",
+    "api_allow",
 )
 
 
