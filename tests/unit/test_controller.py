@@ -2,56 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from airflow_sentinel.clock import FakeClock
-from airflow_sentinel.config import Settings, load_settings
+from airflow_sentinel.config import Settings
 from airflow_sentinel.controller.loop import Controller, Role
 from airflow_sentinel.controller.scheduler import RunState
 from airflow_sentinel.errors import ConfigError
-from airflow_sentinel.metastore import Metastore, open_metastore
+from airflow_sentinel.metastore import Metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
 from tests.support.instances import twin
-
-NEVER_MATCHES = "no-such-scheduler-binary-7f3a run"
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        {
-            "node_id": "a",
-            "metastore": f"sqlite:///{tmp_path / 'm.db'}",
-            "scheduler_command": NEVER_MATCHES,
-            "lease_ttl": "15",
-            "renew_interval": "3",
-            "stop_timeout": "5",
-            "start_timeout": "20",
-            "max_restarts": "3",
-            "cooldown": "100",
-        },
-        environ={},
-        airflow_home=tmp_path,
-    )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(settings: Settings, clock: FakeClock) -> Iterator[FlakyStore]:
-    inner = open_metastore(settings.metastore, clock)
-    yield FlakyStore(inner)
-    inner.close()
 
 
 def role_of(controller: Controller) -> Role:
@@ -362,7 +327,7 @@ def test_the_scheduler_gets_its_marker_and_epoch_but_none_of_our_settings(
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     controller, _ = make(settings, store, clock)
     controller.tick()
-    env = controller._scheduler_env()
+    env = controller.supervisor.env(settings)
     assert (env["AIRFLOW_SENTINEL_NODE_ID"], env["AIRFLOW_SENTINEL_EPOCH"]) == ("a", "1")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert not [k for k in env if k.startswith("AIRFLOW__SENTINEL__")]

@@ -1,49 +1,31 @@
-"""The controller's parts on their own: the lease keeper's renewal rule, and the registry's
-node_id conflicts. (The loop that sequences them is in test_controller.py; the strays and
-orphans, which need real processes, in tests/integration/test_strays.py.)"""
+"""The controller's parts on their own: the lease keeper's renewal rule, the registry's
+node_id conflicts, the supervisor's starts and stops. (The loop that sequences them is in
+test_controller.py; the strays and orphans, which need real processes, in
+tests/integration/test_strays.py.)"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from airflow_sentinel.clock import FakeClock
-from airflow_sentinel.config import Settings, load_settings
+from airflow_sentinel.config import Settings
 from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper
 from airflow_sentinel.controller.policy import LeaseStatus, Timing
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
-from airflow_sentinel.controller.scheduler import RunState, StopRequest
+from airflow_sentinel.controller.scheduler import RunState, StopRequest, SupervisedScheduler
+from airflow_sentinel.controller.supervisor import Supervisor
 from airflow_sentinel.identity import Instance
-from airflow_sentinel.metastore import Metastore, open_metastore
+from airflow_sentinel.metastore import Metastore
 from airflow_sentinel.metastore.base import NodeReport
 from airflow_sentinel.process.handle import RunEnded
-from tests.support.fakes import FlakyStore
+from tests.support.fakes import FlakyStore, RecordingLauncher
 from tests.support.instances import twin
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    values = {"node_id": "a", "metastore": f"sqlite:///{tmp_path / 'm.db'}", "lease_ttl": "15"}
-    return load_settings({**values, "renew_interval": "3"}, environ={}, airflow_home=tmp_path)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(settings: Settings, clock: FakeClock) -> Iterator[FlakyStore]:
-    inner = open_metastore(settings.metastore, clock)
-    yield FlakyStore(inner)
-    inner.close()
 
 
 def keeper(store: FlakyStore, settings: Settings, clock: FakeClock) -> LeaseKeeper:
@@ -139,3 +121,64 @@ def test_a_reload_keeps_what_only_a_restart_may_change(settings: Settings) -> No
     new = replace(settings, node_id="b", lease_ttl=30.0)
     merged, changed = merge_reload(settings, new)
     assert merged.node_id == "a" and merged.lease_ttl == 30.0 and changed == ["lease_ttl"]
+
+
+class _Refusing:
+    def refusal(self) -> str | None:
+        return "the schema is newer than this Airflow"
+
+
+def supervisor(
+    store: FlakyStore, settings: Settings, clock: FakeClock, gate: Any = None
+) -> tuple[Supervisor, RecordingLauncher, list[tuple[str, str]]]:
+    launcher, emitted = RecordingLauncher(), []
+    leases = keeper(store, settings, clock)
+    assert leases.acquire() is not None
+    part = Supervisor(
+        SupervisedScheduler(launcher, settings.scheduler_argv, clock),
+        lambda: settings,
+        lambda: Timing.from_settings(settings),
+        leases,
+        clock,
+        Instance.of_this_process("a"),
+        lambda kind, detail, _level: emitted.append((kind, detail)),
+        gate=gate,
+    )
+    return part, launcher, emitted
+
+
+def test_the_supervisor_starts_inside_the_fence_and_stops_within_it(
+    store: FlakyStore, settings: Settings, clock: FakeClock
+) -> None:
+    part, launcher, emitted = supervisor(store, settings, clock)
+    leaving: list[bool] = []
+    part.on_leaving = lambda: leaving.append(True)
+    part.start()
+    timing = Timing.from_settings(settings)
+    lease = part._leases.lease
+    assert lease is not None and launcher.last.fence_at == timing.fence_at(lease.valid_until)
+    assert launcher.last.owner is not None and launcher.last.owner.node_id == "a"
+    clock.advance(timing.fence_at(lease.valid_until) - clock.now() - 2.0)
+    assert part.stop()
+    assert leaving == [True]  # told before the stop, so /active turns 503 first
+    assert launcher.last.stops == [pytest.approx(2.0)]  # the fence, not stop_timeout (5 s)
+    assert [kind for kind, _ in emitted] == ["scheduler_started", "scheduler_exited"]
+
+
+def test_the_supervisor_counts_a_refused_start_and_launches_nothing(
+    store: FlakyStore, settings: Settings, clock: FakeClock
+) -> None:
+    part, launcher, emitted = supervisor(store, settings, clock, gate=_Refusing())
+    part.start()
+    assert launcher.runs == [] and part.scheduler.failed_starts == 1
+    assert emitted == [("scheduler_refused", "the schema is newer than this Airflow")]
+
+
+def test_the_supervisor_reports_an_end_it_did_not_ask_for_as_a_failed_start(
+    store: FlakyStore, settings: Settings, clock: FakeClock
+) -> None:
+    part, _, emitted = supervisor(store, settings, clock)
+    part.start()
+    part.ended(RunEnded("exited", 1))
+    assert part.scheduler.failed_starts == 1 and part.scheduler.state is RunState.STOPPED
+    assert emitted[-1][0] == "scheduler_exited" and "exited code 1" in emitted[-1][1]

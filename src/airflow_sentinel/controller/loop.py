@@ -7,36 +7,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import signal
 import socket
 from collections.abc import Callable, Mapping
 from enum import Enum
 from types import FrameType
-from typing import Protocol
 
 from airflow_sentinel import __version__
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
-from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.health import HeartbeatProbe
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper, describe_takeover
 from airflow_sentinel.controller.policy import (
     Leadership,
     LeaseStatus,
     Snapshot,
-    Supervision,
     Timing,
     decide_leadership,
-    decide_supervision,
 )
 from airflow_sentinel.controller.published import NodeView, Publisher
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
 from airflow_sentinel.controller.strays import StrayKeeper
+from airflow_sentinel.controller.supervisor import KILL_WAIT, StartGate, Supervisor
 from airflow_sentinel.errors import MetastoreError, UserError
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore.base import (
@@ -47,20 +43,12 @@ from airflow_sentinel.metastore.base import (
     NodeReport,
     switchover_flag,
 )
-from airflow_sentinel.process.guard import RunOwner
-from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, Launcher, RunEnded
+from airflow_sentinel.process.handle import Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
 
 log = logging.getLogger("airflow_sentinel.controller")
 
 SERVICE = "scheduler"
-# Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
-KILL_WAIT = 10.0
-
-
-class StartGate(Protocol):
-    def refusal(self) -> str | None:
-        """Why a scheduler must not start now, or None."""
 
 
 class Role(str, Enum):
@@ -91,19 +79,29 @@ class Controller:
         self.scheduler = SupervisedScheduler(launcher, settings.scheduler_argv, clock)
         self._reload = reload
         self._reload_requested = False
-        self.probe = heartbeat_probe
-        self.gate = start_gate
         self.role = Role.STANDBY
         self.unfit_until = 0.0
         self.paused = False
         self.held: str | None = None
         self.switchover_to: str | None = None
-        self._started_wall = 0.0
         # The parts, each with its own I/O; the loop decides and sequences.
         current = lambda: self.settings  # noqa: E731 - a reload replaces the object
         self.leases = LeaseKeeper(store, current, self.instance, clock)
         self.registry = Registry(store, current, host, self.instance, self._emit)
         self.strays = StrayKeeper(current, self.instance, clock, self._emit)
+        self.supervisor = Supervisor(
+            self.scheduler,
+            current,
+            lambda: self.timing,
+            self.leases,
+            clock,
+            self.instance,
+            self._emit,
+            heartbeat_probe,
+            start_gate,
+        )
+        # /active says 503 from the moment a stop begins.
+        self.supervisor.on_leaving = lambda: self.published.publish(self.view(leaving=True))
         self._reported_pid: int | None = None
         self._stop_requested = False
         self._stop_signal: str | None = None
@@ -115,7 +113,6 @@ class Controller:
         # What others may read: the last cycle's view and the events (API, metrics, page).
         self.published = Publisher()
         self.events.on_event = self.published.event
-        self._last_heartbeat_age: float | None = None
         self._reachable = False
         self.api_url: str | None = None  # where this node's API answers, for the registry
 
@@ -258,7 +255,7 @@ class Controller:
         elif decision is Leadership.STAND_DOWN:
             self._stand_down()
         elif decision is Leadership.KEEP:
-            self._supervise(self._snapshot(status, with_health=True))
+            self.supervisor.act(self._snapshot(status, with_health=True), self._handle_strays)
         self._handle_strays()
         if reachable:
             self._heartbeat()
@@ -286,7 +283,7 @@ class Controller:
             else round(self.timing.demote_at(lease.valid_until) - now, 3),
             scheduler_state=None if run.state is RunState.STOPPED else run.state.value,
             scheduler_pid=run.pid,
-            heartbeat_age_s=self._last_heartbeat_age,
+            heartbeat_age_s=self.supervisor.last_heartbeat_age,
             paused=self.paused,
             held=self.held,
             fit=left <= 0,
@@ -343,15 +340,8 @@ class Controller:
             switchover_requested=self.switchover_to is not None,
             failed_starts=self.scheduler.failed_starts,
             run=self.scheduler.view(),
-            heartbeat_age=self._heartbeat_age() if with_health else None,
+            heartbeat_age=self.supervisor.heartbeat_age() if with_health else None,
         )
-
-    def _heartbeat_age(self) -> float | None:
-        if self.probe is None or not self.scheduler.active:
-            self._last_heartbeat_age = None
-        else:
-            self._last_heartbeat_age = self.probe.age(self._started_wall, self.clock.wall())
-        return self._last_heartbeat_age
 
     # -- lease ---------------------------------------------------------------------------
     def _renew_in_time(self) -> LeaseStatus:
@@ -376,37 +366,20 @@ class Controller:
     def _release(self) -> bool:
         return self.leases.release()
 
-    def _stop_scheduler(self) -> bool:
-        """Stop gracefully within the fence; True when the scheduler is known dead."""
-        if not self.scheduler.active:
-            return True
-        self.published.publish(self.view(leaving=True))  # /active says 503 from now on
-        grace = self.settings.stop_timeout
-        if self.lease is not None:
-            grace = min(
-                grace, max(0.0, self.timing.fence_at(self.lease.valid_until) - self.clock.now())
-            )
-        ended = self.scheduler.stop_and_wait(grace, grace + KILL_WAIT)
-        if ended is None:
-            self._emit(ev.ERROR, "scheduler did not die after SIGKILL", level=logging.ERROR)
-            return False
-        self._report_end(ended)
-        return True
-
     def _demote(self, status: LeaseStatus) -> None:
         why = (
             "lease lost to another node"
             if status is LeaseStatus.LOST
             else "lease could not be renewed in time"
         )
-        dead = self._stop_scheduler()
+        dead = self.supervisor.stop()
         self._emit(ev.DEMOTED, why, level=logging.WARNING)
         if dead and status is not LeaseStatus.LOST:
             self._release()
         self._become_standby()
 
     def _step_down(self) -> None:
-        dead = self._stop_scheduler()
+        dead = self.supervisor.stop()
         self.unfit_until = self.clock.now() + self.settings.cooldown
         self._emit(
             ev.STEPPED_DOWN,
@@ -418,7 +391,7 @@ class Controller:
         self._become_standby()
 
     def _stand_down(self) -> None:
-        dead = self._stop_scheduler()
+        dead = self.supervisor.stop()
         why = f"cluster held: {self.held}" if self.held else f"node_id in use on {self.conflict}"
         self._emit(ev.STOOD_DOWN, why)
         if dead:
@@ -431,7 +404,7 @@ class Controller:
         if target == self.settings.node_id:
             self._clear_switchover()
             return
-        if not self._stop_scheduler():
+        if not self.supervisor.stop():
             return
         try:
             moved = self.leases.transfer(target)
@@ -449,79 +422,11 @@ class Controller:
             log.warning("cannot clear the switchover request: %s", exc, extra={"epoch": self.epoch})
         self.switchover_to = None
 
-    # -- scheduler -----------------------------------------------------------------------
-    def _supervise(self, snapshot: Snapshot) -> None:
-        action = decide_supervision(snapshot, self.timing)
-        if action is Supervision.START:
-            self._start_scheduler()
-        elif action is Supervision.PROVEN:
-            self.scheduler.proven()
-            log.info("scheduler healthy", extra={"epoch": self.epoch})
-        elif action is Supervision.FAILED_START:
-            self._restart(f"not healthy within {self.settings.start_timeout:g}s")
-        elif action is Supervision.HUNG:
-            self._restart(f"heartbeat older than {self.settings.heartbeat_grace:g}s")
-
-    def _restart(self, why: str) -> None:
-        """Stop the scheduler; its end (an event from the guard) starts the next one."""
-        self._emit(ev.SCHEDULER_RESTARTED, why, logging.WARNING)
-        self.scheduler.stop(self.settings.stop_timeout)
-
-    def _scheduler_env(self) -> dict[str, str]:
-        # Airflow needs none of our settings, and the metastore URL may carry a password.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__SENTINEL__")}
-        env[MARKER_ENV] = self.settings.node_id
-        env[EPOCH_ENV] = str(self.epoch)
-        # Named outright, so that the scheduler's environment (while setproctitle leaves it
-        # intact) shows the installation its guard's command line claims.
-        env.setdefault("AIRFLOW_HOME", self.settings.airflow_home)
-        return env
-
-    def _start_scheduler(self) -> None:
-        assert self.lease is not None
-        if self._handle_strays():
-            return  # a stray still runs here; never start a second scheduler beside it
-        refusal = self.gate.refusal() if self.gate is not None else None
-        if refusal is not None:
-            self.scheduler.failed_starts += 1  # enough of them and this node steps down
-            self._emit(ev.SCHEDULER_REFUSED, refusal, logging.ERROR)
-            return
-        fence_at = self.timing.fence_at(self.lease.valid_until)
-        now = self.clock.now()
-        try:
-            self.scheduler.start(
-                self._scheduler_env(),
-                fence_at,
-                self.settings.stop_timeout,
-                now,
-                RunOwner(
-                    self.settings.node_id,
-                    self.instance.token,
-                    self.settings.airflow_home,
-                    self.settings.airflow_cfg,
-                ),
-            )
-        except OSError as exc:
-            self._emit(ev.ERROR, f"cannot start the scheduler: {exc.strerror}", logging.ERROR)
-            return
-        self._started_wall = self.clock.wall()
-        self._emit(ev.SCHEDULER_STARTED, " ".join(self.settings.scheduler_argv)[:200])
-
     def _on_run_ended(self, ended: RunEnded) -> None:
-        was = self.scheduler.state
-        failed = self.scheduler.ended(ended)
+        self.supervisor.ended(ended)
         if ended.outcome == "lost":
             self._kill_orphans()  # the guard died: its scheduler's children are ours now
-        self._report_end(ended, was, failed)
         self._tick_now = True  # restart at once, not on the next poll
-
-    def _report_end(
-        self, ended: RunEnded, was: RunState | None = None, failed: bool = False
-    ) -> None:
-        kind, detail, level = describe_end(
-            ended, was, failed, self.scheduler.last_stop, self.clock.now()
-        )
-        self._emit(kind, detail, level)
 
     # -- strays and orphans ----------------------------------------------------------------
     def _guard_pid(self) -> int | None:
@@ -566,7 +471,7 @@ class Controller:
 
     # -- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:
-        dead = self._stop_scheduler()
+        dead = self.supervisor.stop()
         if dead and self.lease is not None:
             released = self._release()
             self._emit(ev.CONTROLLER_STOPPED, "lease released" if released else "lease expires")
