@@ -22,9 +22,9 @@ from rich.console import Console
 
 from airflow_sentinel import __version__
 from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
+from airflow_sentinel.api import tls
 from airflow_sentinel.api.actions import MAX_WAIT as MAX_SWITCHOVER_WAIT
 from airflow_sentinel.api.actions import api_on_host
-from airflow_sentinel.api.wake import NO_REDIRECTS
 from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import (
@@ -186,7 +186,9 @@ def start(**flags: Any) -> None:
 
     given = dict(flags)
     settings = settings_from(flags)
-    load_api_token(settings.api_token_file)  # a bad token file stops the start, in one line
+    # A bad token file or TLS file stops the start, in one line.
+    load_api_token(settings.api_token_file)
+    tls.check(tls.TlsFiles.of(settings))
     configure_logging(settings.node_id, settings.log_level)
     host = host_identity()
     with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
@@ -233,6 +235,8 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     address = parse_api_address(settings.api_address)
     if address is None:
         return None
+    files = tls.TlsFiles.of(settings)
+    context = None if files is None else tls.server_context(files)
     access = Access(
         token=load_api_token(settings.api_token_file),
         all_need_token=settings.api_auth == "all",
@@ -249,26 +253,29 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
         logging.getLogger("airflow_sentinel.api").error(  # noqa: TRY400 - one line
             "HTTP API without /cluster, /history and actions: %s", exc
         )
-        bare = start_api(address, Routes(controller.published.latest, clock.now, metrics), access)
+        routes = Routes(controller.published.latest, clock.now, metrics)
+        bare = start_api(address, routes, access, context)
         return None if bare is None else Closer(bare.close)
     actions = ClusterActions(
         store, settings.node_id, settings.lease_ttl, controller.request_cycle, controller.host
     )
     routes = Routes(controller.published.latest, clock.now, metrics, actions)
-    server = start_api(address, routes, access)
+    server = start_api(address, routes, access, context)
     if server is None:
         store.close()
         return None
-    controller.api_url = advertised_url(address[0], server.port)
-    controller.published.subscribe(wake_on_hand_over(actions.api_of, access.token))
+    controller.api_url = advertised_url(address[0], server.port, files is not None)
+    wake = wake_on_hand_over(actions.api_of, access.token, tls.opener(files))
+    controller.published.subscribe(wake)
     return Closer(server.close, store.close)
 
 
-def advertised_url(host: str, port: int) -> str:
+def advertised_url(host: str, port: int, https: bool = False) -> str:
     """The URL other nodes use: a wildcard address is this host's name."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding to it
         host = socket.getfqdn()
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class Closer:
@@ -481,10 +488,12 @@ def switchover(target: str | None, timeout: float, **flags: Any) -> None:
             raise UserError("no node is active; there is nothing to switch over")
         chosen = choose_target(state, active, target)
         record = next((n for n in state.nodes if n.node_id == active), None)
-        done = switchover_through_api(record, settings.api_token_file, chosen, timeout)
-        if done is not None:
+        done = switchover_through_api(record, settings, chosen, timeout)
+        if isinstance(done, float):
             click.echo(f"done: {chosen} runs the scheduler ({done:.1f}s, through {active}'s API)")
             return
+        if done is not None:
+            click.echo(f"note: not through the API: {done}; using the metastore flag", err=True)
         store.set_flag(switchover_flag(SERVICE), f"{state.lease.epoch} {chosen}")
         click.echo(f"switchover requested: {active} -> {chosen}")
         started = time.monotonic()
@@ -503,21 +512,25 @@ def switchover(target: str | None, timeout: float, **flags: Any) -> None:
 
 
 def switchover_through_api(
-    active: NodeRecord | None, token_file: str, target: str, timeout: float
-) -> float | None:
+    active: NodeRecord | None, settings: Settings, target: str, timeout: float
+) -> float | str | None:
     """Ask the active node's API to hand over (it wakes both ends at once): the seconds
-    it took, or None when that API cannot be asked (no token here, no address, not on the
-    active node's host, not answering, not the active node after all), so that the
-    metastore flag is used instead. A refusal the API explains is the operator's answer."""
-    try:
-        token = load_api_token(token_file)
-    except UserError:
-        return None  # not readable by this user: the flag needs no token
+    it took; else why it was not asked, so that the metastore flag is used instead (None:
+    nothing worth saying, no token or no API configured). A refusal the API explains is
+    the operator's answer."""
     api = active.api if active is not None else None
-    if not token or not api or not api.startswith(("http://", "https://")):
+    if not settings.api_token_file or active is None or not api:
         return None
-    if active is None or not api_on_host(api, active.host, host_identity()):
-        return None  # the token goes only to the active node's own host
+    try:
+        token = load_api_token(settings.api_token_file)
+        files = tls.TlsFiles.of(settings)
+        tls.check(files)
+    except UserError as exc:
+        return str(exc)  # the flag needs neither
+    if not api.startswith(("http://", "https://")):
+        return f"{active.node_id} advertises no usable API address"
+    if not api_on_host(api, active.host, host_identity()):
+        return f"{api} is not on {active.node_id}'s host {active.host}; the token stays here"
     wait = min(timeout, MAX_SWITCHOVER_WAIT)
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         f"{api}/switchover",
@@ -526,7 +539,7 @@ def switchover_through_api(
         headers={"Authorization": f"Bearer {token.decode()}", "Content-Type": "application/json"},
     )
     try:
-        with NO_REDIRECTS.open(request, timeout=wait + 5) as answer:
+        with tls.opener(files).open(request, timeout=wait + 5) as answer:
             return float(json.loads(answer.read())["seconds"])
     except urllib.error.HTTPError as exc:
         why = _api_error(exc)
@@ -534,9 +547,9 @@ def switchover_through_api(
             raise SentinelError(f"{why}; see `airflow-sentinel status`") from None
         if exc.code in (400, 409) and "not the active node" not in why:
             raise UserError(f"switchover refused: {why}") from None
-        return None
-    except (OSError, ValueError, KeyError):
-        return None
+        return f"{api} answered {exc.code}: {why}"
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{api} did not answer ({getattr(exc, 'reason', None) or exc})"
 
 
 def _api_error(exc: urllib.error.HTTPError) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.certs import make_certs
 from tests.support.cluster import Cluster, running_cluster, wait_until
 
 pytestmark = pytest.mark.slow
@@ -168,6 +170,66 @@ def test_a_switchover_through_the_api_answers_when_the_target_runs(cluster: Clus
     assert done_cli.returncode == 0, done_cli.stdout + done_cli.stderr
     assert f"through {standby}'s API" in done_cli.stdout
     wait_until(lambda: cluster.running_on() == [active], 10, "the stand-in back on the first")
+    assert cluster.overlaps() == []
+
+
+def https_status(cluster: Cluster, node: str, context: ssl.SSLContext) -> int | str:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", cluster.api_ports[node], timeout=5, context=context
+    )
+    try:
+        conn.request("GET", "/active")
+        return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError):
+        return "refused"  # the handshake failed, or the server closed it
+    finally:
+        conn.close()
+
+
+def test_over_tls_with_client_certificates_the_cli_switches_over_through_the_api(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    certs = make_certs(tmp_path / "certs")
+    token_file = cluster.root / "api-token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    cluster.settings.update(
+        api_token_file=str(token_file),
+        api_tls_cert_file=str(certs.cert),
+        api_tls_key_file=str(certs.key),
+        api_tls_ca_file=str(certs.ca),
+        api_tls_verify_client="required",
+    )
+    for node in ("a", "b"):
+        cluster.start(node)
+    active = cluster.wait_for_one_scheduler()
+    standby = "b" if active == "a" else "a"
+    ours = ssl.create_default_context(cafile=str(certs.ca))
+    ours.load_cert_chain(str(certs.cert), str(certs.key))
+    wait_until(lambda: https_status(cluster, active, ours) == 200, 20, "/active over https")
+    anonymous = ssl.create_default_context(cafile=str(certs.ca))
+    assert https_status(cluster, active, anonymous) == "refused"
+    assert status(cluster, active, "/active") is None  # plain HTTP: no answer at all
+    assert cluster.nodes()[active].api == f"https://127.0.0.1:{cluster.api_ports[active]}"
+
+    wait_until(lambda: https_status(cluster, standby, ours) == 503, 20, "the standby's API")
+    done = cluster.cli("switchover", "--to", standby)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"through {active}'s API" in done.stdout and done.stderr == ""
+    wait_until(lambda: https_status(cluster, standby, ours) == 200, 20, "/active moved")
+    assert cluster.overlaps() == []
+
+    # A token file this user may not use: one line, then the metastore flag.
+    token_file.chmod(0o644)
+    wait_until(lambda: https_status(cluster, active, ours) == 503, 20, "a fit old leader")
+    back = cluster.cli("switchover", "--to", active)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert back.stderr.strip().splitlines() == [
+        f"note: not through the API: api_token_file: {token_file} is readable by others "
+        f"(mode 644); chmod 600 {token_file}; using the metastore flag"
+    ]
+    assert "switchover requested" in back.stdout
+    wait_until(lambda: cluster.running_on() == [active], 30, "the stand-in back on the first")
     assert cluster.overlaps() == []
 
 

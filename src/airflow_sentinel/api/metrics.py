@@ -115,6 +115,48 @@ def _flag(value: bool) -> float:
     return 1.0 if value else 0.0
 
 
+# (key, metric name, help, labels beyond node_id); fed by the events, see _counted.
+COUNTERS = (
+    ("takeovers", "takeovers", "Leases taken, by how", ("reason",)),
+    ("demotions", "demotions", "Times this node gave up leading, by event", ("kind",)),
+    ("starts", "scheduler_starts", "Schedulers started", ()),
+    ("exits", "scheduler_exits", "Scheduler ends, by outcome", ("outcome",)),
+    ("restarts", "scheduler_restarts", "Restarts, by reason", ("reason",)),
+    ("fences", "fences", "Schedulers the guard killed at the lease deadline", ()),
+    ("strays", "strays_stopped", "Stray and orphaned schedulers stopped", ()),
+    ("conflicts", "instance_conflicts", "Conflicts over this node_id seen", ()),
+    (
+        "renew_failures",
+        "lease_renewal_failures",
+        "Renewals that failed or were not tried in time",
+        (),
+    ),
+)
+GIVING_UP = (ev.DEMOTED, ev.STEPPED_DOWN, ev.STOOD_DOWN, ev.HANDED_OVER)
+PLAIN = {
+    ev.SCHEDULER_STARTED: "starts",
+    ev.SCHEDULER_FENCED: "fences",
+    ev.STRAY_KILLED: "strays",
+}
+
+
+def _counted(event: Event) -> tuple[str, tuple[str, ...]] | None:
+    """The counter an event moves, with its labels beyond node_id; None: none."""
+    if event.kind == ev.BECAME_ACTIVE:
+        return "takeovers", (takeover_reason(event.detail),)
+    if event.kind in GIVING_UP:
+        return "demotions", (event.kind,)
+    if event.kind == ev.SCHEDULER_EXITED:
+        return "exits", (exit_outcome(event.detail),)
+    if event.kind == ev.SCHEDULER_RESTARTED:
+        return "restarts", (restart_reason(event.detail),)
+    if event.kind == ev.INSTANCE_CONFLICT and not event.detail.startswith("resolved"):
+        return "conflicts", ()
+    if event.kind in PLAIN:
+        return PLAIN[event.kind], ()
+    return None
+
+
 class Metrics:
     """One registry per controller, so that tests can run several in one process."""
 
@@ -127,93 +169,33 @@ class Metrics:
         self.node_id = node_id
         self.registry = CollectorRegistry()
         self.registry.register(ViewCollector(view, now))
-        labels = ["node_id"]
-        self.takeovers = Counter(
-            f"{PREFIX}_takeovers",
-            "Leases taken, by how",
-            [*labels, "reason"],
-            registry=self.registry,
-        )
-        self.demotions = Counter(
-            f"{PREFIX}_demotions",
-            "Times this node gave up leading, by event",
-            [*labels, "kind"],
-            registry=self.registry,
-        )
-        self.starts = Counter(
-            f"{PREFIX}_scheduler_starts", "Schedulers started", labels, registry=self.registry
-        )
-        self.exits = Counter(
-            f"{PREFIX}_scheduler_exits",
-            "Scheduler ends, by outcome",
-            [*labels, "outcome"],
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            f"{PREFIX}_scheduler_restarts",
-            "Restarts, by reason",
-            [*labels, "reason"],
-            registry=self.registry,
-        )
-        self.fences = Counter(
-            f"{PREFIX}_fences",
-            "Schedulers the guard killed at the lease deadline",
-            labels,
-            registry=self.registry,
-        )
-        self.strays = Counter(
-            f"{PREFIX}_strays_stopped",
-            "Stray and orphaned schedulers stopped",
-            labels,
-            registry=self.registry,
-        )
-        self.conflicts = Counter(
-            f"{PREFIX}_instance_conflicts",
-            "Conflicts over this node_id seen",
-            labels,
-            registry=self.registry,
-        )
-        self.renew_failures = Counter(
-            f"{PREFIX}_lease_renewal_failures",
-            "Renewals that failed or were not tried in time",
-            labels,
-            registry=self.registry,
-        )
+        self.counters = {
+            key: Counter(f"{PREFIX}_{name}", help_text, ["node_id", *by], registry=self.registry)
+            for key, name, help_text, by in COUNTERS
+        }
+        for key, _, _, by in COUNTERS:
+            if not by:
+                self.counters[key].labels(node_id)  # present from the start, at 0
         self.renewals = Histogram(
             f"{PREFIX}_lease_renewal_seconds",
             "Time one lease renewal took",
-            labels,
+            ["node_id"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=self.registry,
         )
-        for counter in (self.starts, self.fences, self.strays, self.conflicts, self.renew_failures):
-            counter.labels(node_id)  # present from the start, at 0
 
     def on_event(self, event: Event) -> None:
-        node = self.node_id
-        if event.kind == ev.BECAME_ACTIVE:
-            self.takeovers.labels(node, takeover_reason(event.detail)).inc()
-        elif event.kind in (ev.DEMOTED, ev.STEPPED_DOWN, ev.STOOD_DOWN, ev.HANDED_OVER):
-            self.demotions.labels(node, event.kind).inc()
-        elif event.kind == ev.SCHEDULER_STARTED:
-            self.starts.labels(node).inc()
-        elif event.kind == ev.SCHEDULER_EXITED:
-            self.exits.labels(node, exit_outcome(event.detail)).inc()
-        elif event.kind == ev.SCHEDULER_RESTARTED:
-            self.restarts.labels(node, restart_reason(event.detail)).inc()
-        elif event.kind == ev.SCHEDULER_FENCED:
-            self.fences.labels(node).inc()
-        elif event.kind == ev.STRAY_KILLED:
-            self.strays.labels(node).inc()
-        elif event.kind == ev.INSTANCE_CONFLICT and not event.detail.startswith("resolved"):
-            self.conflicts.labels(node).inc()
+        counted = _counted(event)
+        if counted is not None:
+            key, label = counted
+            self.counters[key].labels(self.node_id, *label).inc()
 
     def on_renewal(self, seconds: float | None, ok: bool) -> None:
         """``seconds`` None: a renewal not tried (too close to the deadline): a failure."""
         if seconds is not None:
             self.renewals.labels(self.node_id).observe(seconds)
         if not ok:
-            self.renew_failures.labels(self.node_id).inc()
+            self.counters["renew_failures"].labels(self.node_id).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,13 +278,19 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(
-        self, address: tuple[str, int], routes: Routes, access: Access | None = None
+        self,
+        address: tuple[str, int],
+        routes: Routes,
+        access: Access | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.routes = routes
         self.access = access or Access()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.tls = tls
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="api", daemon=True
         )
@@ -291,6 +298,12 @@ class ApiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    @property
+    def busy(self) -> int:
+        """Connections being served now (at most MAX_CONNECTIONS)."""
+        with self._busy_lock:
+            return self._busy
 
     def start(self) -> ApiServer:
         self._thread.start()
@@ -301,28 +314,57 @@ class ApiServer(ThreadingHTTPServer):
         self.server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # full: this one is dropped, the others go on
+        with self._busy_lock:
+            full = self._busy >= MAX_CONNECTIONS
+            if not full:
+                self._busy += 1
+        if full:
+            self.shutdown_request(request)  # this one is dropped, the others go on
             return
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            if self.tls is not None:
+                request = self._handshake(request, client_address)
+                if request is None:
+                    return
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _handshake(self, raw: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        """TLS on this connection's own thread, bounded by the socket timeout: a client that
+        never finishes its handshake holds one slot until then, never the accepting thread.
+        None (closed, logged at debug) when it fails: a plain-HTTP client, no certificate
+        or one the CA did not sign."""
+        assert self.tls is not None
+        raw.settimeout(SOCKET_TIMEOUT)
+        wrapped = None
+        try:
+            wrapped = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            wrapped.do_handshake()
+        except (OSError, ValueError) as exc:
+            log.debug("api: TLS handshake with %s failed: %s", client_address, exc)
+            self.shutdown_request(wrapped or raw)
+            return None
+        return wrapped
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("api: request from %s failed", client_address, exc_info=True)
 
 
 def start_api(
-    address: tuple[str, int], routes: Routes, access: Access | None = None
+    address: tuple[str, int],
+    routes: Routes,
+    access: Access | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ApiServer | None:
     """The running server, or None (logged) when the address cannot be bound: the
     controller runs on without its API rather than not at all."""
     try:
-        server = ApiServer(address, routes, access)
+        server = ApiServer(address, routes, access, tls)
     except OSError as exc:
         log.error(  # noqa: TRY400 - an environment problem: one line
             "HTTP API not started: cannot listen on %s:%s (%s); set [sentinel] api_address",
@@ -331,5 +373,5 @@ def start_api(
             exc.strerror,
         )
         return None
-    log.info("HTTP API on http://%s:%s", address[0], server.port)
+    log.info("HTTP API on %s://%s:%s", "https" if tls else "http", address[0], server.port)
     return server.start()

@@ -18,16 +18,6 @@ log = logging.getLogger("airflow_sentinel.api")
 WAKE_TIMEOUT = 1.0
 
 
-class _Refuse(urllib.request.HTTPRedirectHandler):
-    """The token goes to the address in the registry, never where a redirect points."""
-
-    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-
-NO_REDIRECTS = urllib.request.build_opener(_Refuse())
-
-
 def handed_over_to(event: Event) -> str | None:
     """The target of a completed hand-over event, or None."""
     if event.kind != ev.HANDED_OVER or not event.detail.startswith("to "):
@@ -36,20 +26,28 @@ def handed_over_to(event: Event) -> str | None:
     return None if rest.startswith("failed") or not target else target
 
 
-def wake_on_hand_over(api_of: Callable[[str], str | None], token: bytes) -> Callable[[Event], None]:
-    """An event listener: it runs on the loop's thread, so it only starts a thread."""
+def wake_on_hand_over(
+    api_of: Callable[[str], str | None], token: bytes, opener: urllib.request.OpenerDirector
+) -> Callable[[Event], None]:
+    """An event listener: it runs on the loop's thread, so it only starts a thread.
+    ``opener`` follows no redirect (see tls.opener)."""
 
     def on_event(event: Event) -> None:
         target = handed_over_to(event)
         if target is not None and token:
             threading.Thread(
-                target=_wake, args=(api_of, target, token), name="wake", daemon=True
+                target=_wake, args=(api_of, target, token, opener), name="wake", daemon=True
             ).start()
 
     return on_event
 
 
-def _wake(api_of: Callable[[str], str | None], target: str, token: bytes) -> None:
+def _wake(
+    api_of: Callable[[str], str | None],
+    target: str,
+    token: bytes,
+    opener: urllib.request.OpenerDirector,
+) -> None:
     url = api_of(target)
     if not url or not url.startswith(("http://", "https://")):
         return  # nothing to wake, or a registry entry that is not ours to follow
@@ -60,7 +58,7 @@ def _wake(api_of: Callable[[str], str | None], target: str, token: bytes) -> Non
         headers={"Authorization": f"Bearer {token.decode()}"},
     )
     try:
-        with NO_REDIRECTS.open(request, timeout=WAKE_TIMEOUT):
+        with opener.open(request, timeout=WAKE_TIMEOUT):
             pass
     except (OSError, ValueError) as exc:
         log.debug("could not wake %s at %s: %s", target, url, type(exc).__name__)

@@ -17,6 +17,7 @@ from airflow_sentinel.config.settings import (
     Settings,
     api_address_problem,
     api_allow_problem,
+    api_tls_problems,
     scheduler_command_problem,
     timing_problems,
 )
@@ -45,6 +46,7 @@ def load_settings(
             values[key.name] = parsed
     metastore = _metastore(raw.get("metastore", ("", ""))[0].strip(), raw, cfg, problems)
     problems.extend(_string_problems(values, raw))
+    problems.extend(api_tls_problems(values))
     if len(values) == len(KEYS):  # the invariants need every timing value parsed
         problems.extend(timing_problems(values))
     if problems:

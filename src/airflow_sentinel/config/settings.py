@@ -132,6 +132,29 @@ KEYS: tuple[Key, ...] = (
         "Networks that may use the API, comma-separated (10.0.0.0/8, 127.0.0.1); "
         "empty: any. Others get 403.",
     ),
+    Key(
+        "api_tls_cert_file",
+        "str",
+        "",
+        "PEM certificate (chain) of the API: with it the API speaks HTTPS only. Also the "
+        "client certificate this node and its CLI present to other nodes' APIs.",
+    ),
+    Key("api_tls_key_file", "str", "", "PEM private key of api_tls_cert_file (owner-only)."),
+    Key(
+        "api_tls_ca_file",
+        "str",
+        "",
+        "PEM CA certificates that check clients' certificates (with api_tls_verify_client) "
+        "and other nodes' server certificates. Empty: the system's CAs, for the latter.",
+    ),
+    Key(
+        "api_tls_verify_client",
+        "choice",
+        "none",
+        "required: only clients with a certificate signed by api_tls_ca_file are served "
+        "(load balancers and Prometheus too); none: any client.",
+        choices=("none", "required"),
+    ),
 )
 
 KEY_NAMES = frozenset(k.name for k in KEYS)
@@ -158,6 +181,10 @@ class Settings:
     api_auth: str
     api_token_file: str
     api_allow: str
+    api_tls_cert_file: str
+    api_tls_key_file: str
+    api_tls_ca_file: str
+    api_tls_verify_client: str
     airflow_home: str
     airflow_cfg: str
 
@@ -208,6 +235,24 @@ def api_allow_problem(value: str) -> str | None:
     except ValueError as exc:
         return f"'{value}': {exc}; give networks such as 10.0.0.0/8, 127.0.0.1"
     return None
+
+
+def api_tls_problems(values: dict[str, Any]) -> list[str]:
+    """The TLS keys that only make sense together."""
+    cert, key = values.get("api_tls_cert_file"), values.get("api_tls_key_file")
+    problems = []
+    if bool(cert) != bool(key):
+        problems.append(
+            "api_tls_cert_file, api_tls_key_file: give both (HTTPS) or neither (plain HTTP)"
+        )
+    if values.get("api_tls_verify_client") == "required" and not (
+        cert and values.get("api_tls_ca_file")
+    ):
+        problems.append(
+            "api_tls_verify_client: required needs api_tls_cert_file, api_tls_key_file and "
+            "api_tls_ca_file (the CA that signs the clients' certificates)"
+        )
+    return problems
 
 
 def parse_api_allow(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

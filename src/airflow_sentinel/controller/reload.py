@@ -24,6 +24,10 @@ FIXED_ON_RELOAD = (
     "api_auth",
     "api_token_file",
     "api_allow",
+    "api_tls_cert_file",
+    "api_tls_key_file",
+    "api_tls_ca_file",
+    "api_tls_verify_client",
 )
 
 
