@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
@@ -227,7 +228,7 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     """The HTTP API beside the loop, fed by what the loop publishes, with a metastore
     connection of its own for the actions; None when off, or when its address cannot be
     bound (logged: the controller runs on without it)."""
-    from airflow_sentinel.api.actions import ClusterActions
+    from airflow_sentinel.api.actions import ClusterActions, LazyStore
     from airflow_sentinel.api.metrics import Metrics
     from airflow_sentinel.api.server import Access, Routes, start_api
     from airflow_sentinel.api.wake import wake_on_hand_over
@@ -245,20 +246,17 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     metrics = Metrics(settings.node_id, controller.published.latest, clock.now)
     controller.published.subscribe(metrics.on_event)
     controller.leases.on_renewal = metrics.on_renewal
-    try:
-        store = open_metastore(
+    store = LazyStore(
+        lambda: open_metastore(
             settings.metastore, clock, settings.renew_interval, settings.lease_ttl
-        )
-    except SentinelError as exc:  # the loop has its own connection and copes; so do we
-        logging.getLogger("airflow_sentinel.api").error(  # noqa: TRY400 - one line
-            "HTTP API without /cluster, /history and actions: %s", exc
-        )
-        routes = Routes(controller.published.latest, clock.now, metrics)
-        bare = start_api(address, routes, access, context)
-        return None if bare is None else Closer(bare.close)
+        ),
+        clock.now,
+    )
     actions = ClusterActions(
         store, settings.node_id, settings.lease_ttl, controller.request_cycle, controller.host
     )
+    with contextlib.suppress(MetastoreError):
+        store.get()  # at once, so that a failure is in the log from the start
     routes = Routes(controller.published.latest, clock.now, metrics, actions)
     server = start_api(address, routes, access, context)
     if server is None:

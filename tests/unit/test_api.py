@@ -17,14 +17,17 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from airflow_sentinel.api.actions import RECONNECT_EVERY, ClusterActions, LazyStore
 from airflow_sentinel.api.metrics import Metrics, takeover_reason
 from airflow_sentinel.api.server import MAX_BODY, MAX_CONNECTIONS, Access, ApiServer, Routes
 from airflow_sentinel.api.wake import handed_over_to
 from airflow_sentinel.cli import advertised_url, load_api_token
+from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.config.settings import parse_api_allow
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.published import NodeView, Publisher
-from airflow_sentinel.errors import UserError
+from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event
 
 ACTIVE = NodeView(
@@ -408,3 +411,24 @@ def wait_for_answer(server: ApiServer) -> int:
         except OSError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_the_apis_own_connection_is_tried_again_after_a_failure_to_open(tmp_path: Path) -> None:
+    clock, tries = Clock(), []
+
+    def open_store() -> Metastore:
+        tries.append(clock.now)
+        if len(tries) == 1:
+            raise MetastoreError("connection refused")
+        return open_metastore(f"sqlite:///{tmp_path / 'm.db'}", FakeClock())
+
+    stores = LazyStore(open_store, clock)
+    actions = ClusterActions(stores, "a", 15.0, lambda: None)
+    assert actions.cluster() == (503, {"error": "metastore: connection refused"})
+    clock.now += RECONNECT_EVERY / 2
+    status, body = actions.history(10)  # too soon: no second try yet
+    assert status == 503 and "tries again shortly" in body["error"] and len(tries) == 1
+    clock.now += RECONNECT_EVERY
+    assert actions.history(10) == (200, {"events": []})
+    assert actions.cluster()[0] == 200 and len(tries) == 2  # opened once, then kept
+    stores.close()

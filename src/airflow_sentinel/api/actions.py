@@ -5,6 +5,7 @@ not at the next cycle."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.parse
@@ -14,33 +15,78 @@ from http import HTTPStatus
 from typing import Any
 
 from airflow_sentinel.api.page import PageData
-from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.errors import MetastoreError, SentinelError, UserError
 from airflow_sentinel.metastore.base import PAUSED, Metastore, switchover_flag
 from airflow_sentinel.status import choose_target, read_cluster
+
+log = logging.getLogger("airflow_sentinel.api")
 
 SERVICE = "scheduler"
 MAX_WAIT = 600.0
 PAGE_EVENTS = 500  # the timeline's reach on a busy cluster
 
+RECONNECT_EVERY = 5.0  # seconds between tries to open the connection while it fails
+
 Result = tuple[int, dict[str, Any]]
+
+
+class LazyStore:
+    """The API's own metastore connection, opened at the first call that needs it and
+    again after a failure to open, at most every RECONNECT_EVERY seconds: a metastore that
+    is down when the controller starts costs the API its actions only until it is back."""
+
+    def __init__(
+        self, open_store: Callable[[], Metastore], now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._open = open_store
+        self._now = now
+        self._store: Metastore | None = None
+        self._next_try = 0.0
+        self._why = "not connected yet"
+
+    def get(self) -> Metastore:
+        if self._store is not None:
+            return self._store
+        if self._now() < self._next_try:
+            raise MetastoreError(f"{self._why}; the API tries again shortly")
+        try:
+            self._store = self._open()
+        except SentinelError as exc:
+            self._why = str(exc)
+            self._next_try = self._now() + RECONNECT_EVERY
+            log.warning(
+                "HTTP API: cannot open its metastore connection (%s); /cluster, /history, "
+                "the page and the actions answer 503 until it opens",
+                self._why,
+            )
+            raise MetastoreError(self._why) from None
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 class ClusterActions:
     def __init__(
         self,
-        store: Metastore,
+        store: LazyStore,
         node_id: str,
         lease_ttl: float,
         wake: Callable[[], None],
         host: str = "",
     ) -> None:
-        self._store = store
+        self._stores = store
         self._node_id = node_id
         self._lease_ttl = lease_ttl
         self._wake = wake
         self._host = host  # this controller's host identity (name/boot id)
         self._lock = threading.Lock()  # one store call at a time, whatever the threads
         self._switching = threading.Lock()  # one switchover at a time
+
+    @property
+    def _store(self) -> Metastore:
+        return self._stores.get()  # MetastoreError while it cannot be opened
 
     def cluster(self) -> Result:
         try:
