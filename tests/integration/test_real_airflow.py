@@ -1,13 +1,18 @@
-"""A real `airflow scheduler` (Airflow 3, SQLite, LocalExecutor) under two controllers.
+"""A real `airflow scheduler` under two controllers, on SQLite: Airflow 3 with the
+LocalExecutor, Airflow 2.10 with the SequentialExecutor (2.x refuses any other on SQLite).
+What the controllers' HTTP API says of it is checked on the way.
 
-The Airflow environment is created once by the test setup and cached between runs
+The Airflow environments are created once by the test setup and cached between runs
 (AIRFLOW_SENTINEL_VENV_CACHE, default ~/.cache/airflow-sentinel/venvs).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -18,17 +23,65 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.airflow_env import ensure_airflow_venv
 from tests.support.cluster import Cluster, running_cluster, wait_until
 
-AIRFLOW_VERSION = os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2")
+AIRFLOW_VERSIONS = (os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2"), "2.10.5")
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
 
-@pytest.fixture(scope="session")
-def airflow_venv() -> Path:
-    return ensure_airflow_venv(AIRFLOW_VERSION)
+@pytest.fixture(scope="module", params=AIRFLOW_VERSIONS)
+def airflow_venv(request: pytest.FixtureRequest) -> Path:
+    return ensure_airflow_venv(request.param)
+
+
+def executor_for(venv: Path) -> str:
+    """Airflow 2 takes only the SequentialExecutor on SQLite; 3 takes the LocalExecutor."""
+    return "SequentialExecutor" if venv.name.startswith("airflow-2.") else "LocalExecutor"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def api(cluster: Cluster, node: str, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.api_ports[node], timeout=10)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+def gauges(cluster: Cluster, node: str) -> dict[str, float]:
+    text = api(cluster, node, "/metrics")[1].decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "role" not in sample.labels
+    }
+
+
+def active_with_heartbeat(cluster: Cluster, node: str, grace: float) -> dict[str, float] | None:
+    """/active answers 200 for ``node``'s proven scheduler, and its metrics agree: the
+    heartbeat the controller read from Airflow's job table is fresh."""
+    status, body = api(cluster, node, "/active")
+    if status != 200:
+        return None
+    summary = json.loads(body)
+    seen = gauges(cluster, node)
+    age = seen.get("airflow_sentinel_scheduler_heartbeat_age_seconds")
+    if summary["scheduler"] != "running" or age is None or not 0 <= age < grace:
+        return None
+    return seen
 
 
 @pytest.fixture
@@ -38,7 +91,7 @@ def airflow_cluster(tmp_path: Path, airflow_venv: Path) -> Iterator[Cluster]:
     db = f"sqlite:///{home / 'airflow.db'}"
     airflow_env = {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": executor_for(airflow_venv),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -57,6 +110,7 @@ def airflow_cluster(tmp_path: Path, airflow_venv: Path) -> Iterator[Cluster]:
         # The metastore is Airflow's own database (the default), in tables of our own.
         cluster.metastore_url = db
         cluster.extra_env = airflow_env
+        cluster.api_ports = {"a": free_port(), "b": free_port()}
         cluster.settings.update(
             lease_ttl="8",
             renew_interval="2",
@@ -140,6 +194,11 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         cluster.start("b", command=command)
         [first] = wait_until(airflow_schedulers, 60, "the first airflow scheduler")
         wait_until(lambda: fresh_heartbeat_since(home, began), 90, "a scheduler heartbeat")
+        seen = wait_until(lambda: active_with_heartbeat(cluster, "a", 30), 90, "/active on a")
+        assert seen["airflow_sentinel_scheduler_up"] == 1
+        assert seen["airflow_sentinel_scheduler_starts_total"] == 1
+        assert api(cluster, "b", "/active")[0] == 503
+        wait_until(lambda: api(cluster, "b", "/standby")[0] == 200, 30, "/standby on b")
 
         # 1. Kill the scheduler: restarted at once on the same node, workers and all gone.
         workers = wait_until(lambda: airflow_children_of(first), 60, "LocalExecutor workers")
@@ -154,6 +213,8 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         )
         assert second.environ()["AIRFLOW_SENTINEL_NODE_ID"] == "a"
         wait_until(lambda: fresh_heartbeat_since(home, killed_at), 90, "its heartbeat")
+        seen = wait_until(lambda: active_with_heartbeat(cluster, "a", 30), 90, "/active again")
+        assert seen["airflow_sentinel_scheduler_starts_total"] == 2
 
         # 2. Kill -9 the active controller: no scheduler or worker left behind, b takes over.
         workers = wait_until(lambda: airflow_children_of(second), 60, "its workers")
@@ -164,6 +225,7 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         [third] = wait_until(airflow_schedulers, 90, "a scheduler on b")
         assert third.environ()["AIRFLOW_SENTINEL_NODE_ID"] == "b"
         wait_until(lambda: fresh_heartbeat_since(home, moved_at), 90, "b's scheduler heartbeat")
+        wait_until(lambda: active_with_heartbeat(cluster, "b", 30), 90, "/active on b")
 
         # 3. Stop the last controller cleanly: nothing of Airflow is left running.
         workers = wait_until(lambda: airflow_children_of(third), 60, "b's workers")
