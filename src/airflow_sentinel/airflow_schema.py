@@ -195,6 +195,11 @@ def locate_airflow(program: str) -> Path | None:
     return _ask_interpreter(interpreter) if Path(interpreter).name.startswith("python") else None
 
 
+def airflow_interpreter(program: str) -> str | None:
+    """The Python interpreter that runs ``program`` (itself, or its script's shebang)."""
+    return program if Path(program).name.startswith("python") else _shebang(program)
+
+
 def _shebang(program: str) -> str | None:
     try:
         with Path(program).open("rb") as handle:

@@ -26,6 +26,7 @@ from airflow_sentinel.airflow_schema import SchemaGate, resolve_program
 from airflow_sentinel.api import tls
 from airflow_sentinel.api.actions import MAX_WAIT as MAX_SWITCHOVER_WAIT
 from airflow_sentinel.api.actions import api_on_host
+from airflow_sentinel.api.token import load_api_token
 from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import (
@@ -187,8 +188,8 @@ def start(**flags: Any) -> None:
 
     given = dict(flags)
     settings = settings_from(flags)
-    # A bad token file or TLS file stops the start, in one line.
-    load_api_token(settings.api_token_file)
+    # A token that cannot be had or a bad TLS file stops the start, in one line.
+    token = load_api_token(settings)
     tls.check(tls.TlsFiles.of(settings))
     configure_logging(settings.node_id, settings.log_level)
     host = host_identity()
@@ -215,7 +216,7 @@ def start(**flags: Any) -> None:
                 f"node_id '{settings.node_id}' is in use by a live controller on {other}; "
                 "give each node its own node_id ([sentinel] node_id)"
             )
-        api = serve_api(settings, controller, clock)
+        api = serve_api(settings, controller, clock, token)
         try:
             code = controller.run()
         finally:
@@ -224,7 +225,9 @@ def start(**flags: Any) -> None:
         sys.exit(code)
 
 
-def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Closer | None:
+def serve_api(
+    settings: Settings, controller: Controller, clock: Clock, token: bytes
+) -> Closer | None:
     """The HTTP API beside the loop, fed by what the loop publishes, with a metastore
     connection of its own for the actions; None when off, or when its address cannot be
     bound (logged: the controller runs on without it)."""
@@ -239,7 +242,7 @@ def serve_api(settings: Settings, controller: Controller, clock: Clock) -> Close
     files = tls.TlsFiles.of(settings)
     context = None if files is None else tls.server_context(files)
     access = Access(
-        token=load_api_token(settings.api_token_file),
+        token=token,
         all_need_token=settings.api_auth == "all",
         networks=parse_api_allow(settings.api_allow),
     )
@@ -283,26 +286,6 @@ class Closer:
     def close(self) -> None:
         for close in self._closes:
             close()
-
-
-def load_api_token(path: str) -> bytes:
-    """The API token from its file, which only its owner may read; b"" without one."""
-    if not path:
-        return b""
-    file = Path(path)
-    try:
-        mode = file.stat().st_mode
-        token = file.read_bytes().strip()
-    except OSError as exc:
-        raise UserError(f"api_token_file: cannot read {path} ({exc.strerror})") from None
-    if mode & 0o077:
-        raise UserError(
-            f"api_token_file: {path} is readable by others (mode {mode & 0o777:o}); "
-            f"chmod 600 {path}"
-        )
-    if len(token) < 16:
-        raise UserError(f"api_token_file: {path} must hold a token of 16 characters or more")
-    return token
 
 
 def schema_gate(settings: Settings, airflow_db: str) -> SchemaGate | None:
@@ -517,10 +500,11 @@ def switchover_through_api(
     nothing worth saying, no token or no API configured). A refusal the API explains is
     the operator's answer."""
     api = active.api if active is not None else None
-    if not settings.api_token_file or active is None or not api:
+    configured = settings.api_token_file or settings.api_token_cmd or settings.api_token_secret
+    if not configured or active is None or not api:
         return None
     try:
-        token = load_api_token(settings.api_token_file)
+        token = load_api_token(settings)
         files = tls.TlsFiles.of(settings)
         tls.check(files)
     except UserError as exc:

@@ -18,6 +18,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +27,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.airflow_env import ensure_airflow_venv
+from airflow_sentinel.api.token import load_api_token
+from airflow_sentinel.config import load_settings
+from airflow_sentinel.errors import UserError
 from tests.support.cluster import Cluster, running_cluster, wait_until
 
 AIRFLOW_VERSIONS = (os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2"), "2.10.5")
@@ -235,3 +239,45 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         assert alive == []
         assert airflow_schedulers() == []
     assert sampler.maximum == 1
+
+
+SECRETS_BACKEND = """
+import json
+from airflow.secrets import BaseSecretsBackend
+
+
+class FileBackend(BaseSecretsBackend):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def get_config(self, key):
+        with open(self.path) as handle:
+            return json.load(handle).get(key)
+"""
+
+
+def test_the_api_token_comes_from_airflows_own_secrets_backend(
+    airflow_venv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_token_secret` asks the scheduler's Airflow, with its [secrets] backend."""
+    (tmp_path / "sentinel_test_secrets.py").write_text(SECRETS_BACKEND)
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"sentinel_api_token": "from-the-backend-0123456789"}))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", "sentinel_test_secrets.FileBackend")
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARGS", json.dumps({"path": str(secrets)}))
+    settings = load_settings(
+        {
+            "metastore": f"sqlite:///{tmp_path / 'm.db'}",
+            "scheduler_command": scheduler_command(airflow_venv),
+            "api_token_secret": "sentinel_api_token",
+        },
+        airflow_home=tmp_path,
+    )
+    assert load_api_token(settings) == b"from-the-backend-0123456789"
+    with pytest.raises(UserError, match="secrets backend has no config 'missing'"):
+        load_api_token(replace(settings, api_token_secret="missing"))
+    monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND")
+    with pytest.raises(UserError, match=r"Airflow has no secrets backend \(\[secrets\] backend\)"):
+        load_api_token(settings)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -21,12 +20,12 @@ from airflow_sentinel.api.actions import RECONNECT_EVERY, ClusterActions, LazySt
 from airflow_sentinel.api.metrics import Metrics, takeover_reason
 from airflow_sentinel.api.server import MAX_BODY, MAX_CONNECTIONS, Access, ApiServer, Routes
 from airflow_sentinel.api.wake import handed_over_to
-from airflow_sentinel.cli import advertised_url, load_api_token
+from airflow_sentinel.cli import advertised_url
 from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.config.settings import parse_api_allow
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.published import NodeView, Publisher
-from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event
 
@@ -339,27 +338,6 @@ def test_an_unknown_action_names_the_known_ones(guarded: tuple[ApiServer, FakeAc
         "/switchover",
         "/wake",
     ]
-
-
-@pytest.mark.parametrize(
-    ("mode", "text", "words"),
-    [
-        (0o644, "a-token-long-enough-here", "readable by others (mode 644); chmod 600"),
-        (0o600, "short", "16 characters or more"),
-    ],
-)
-def test_a_token_file_others_can_read_or_too_short_is_refused(
-    tmp_path: Path, mode: int, text: str, words: str
-) -> None:
-    path = tmp_path / "token"
-    path.write_text(text)
-    path.chmod(mode)
-    with pytest.raises(UserError, match=re.escape(words)) as raised:
-        load_api_token(str(path))
-    assert text not in str(raised.value)
-    assert load_api_token("") == b""
-    with pytest.raises(UserError, match="cannot read"):
-        load_api_token(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize(

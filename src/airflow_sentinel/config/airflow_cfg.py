@@ -34,7 +34,7 @@ class AirflowConfig:
         if env_name in self.environ:
             return self.environ[env_name]
         if f"{env_name}_CMD" in self.environ:
-            return _run_cmd(f"{env_name}_CMD", self.environ[f"{env_name}_CMD"])
+            return run_command(f"{env_name}_CMD", self.environ[f"{env_name}_CMD"])
         return None
 
     def from_file(self, section: str, key: str) -> str | None:
@@ -42,7 +42,7 @@ class AirflowConfig:
         if self.parser.has_option(section, key):
             return self.parser.get(section, key)
         if self.parser.has_option(section, f"{key}_cmd"):
-            return _run_cmd(f"[{section}] {key}_cmd", self.parser.get(section, f"{key}_cmd"))
+            return run_command(f"[{section}] {key}_cmd", self.parser.get(section, f"{key}_cmd"))
         return None
 
     def sentinel_items(self) -> dict[str, str]:
@@ -68,7 +68,8 @@ class AirflowConfig:
         return f"sqlite:///{self.home / 'airflow.db'}", "Airflow's default"
 
 
-def _run_cmd(origin: str, command: str) -> str:
+def run_command(origin: str, command: str) -> str:
+    """The stdout of a `_cmd` setting's command (split as a shell would, not run by one)."""
     try:
         done = subprocess.run(
             shlex.split(command), capture_output=True, text=True, timeout=30, check=False

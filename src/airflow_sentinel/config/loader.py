@@ -18,6 +18,7 @@ from airflow_sentinel.config.settings import (
     api_address_problem,
     api_allow_problem,
     api_tls_problems,
+    api_token_problems,
     scheduler_command_problem,
     timing_problems,
 )
@@ -47,6 +48,7 @@ def load_settings(
     metastore = _metastore(raw.get("metastore", ("", ""))[0].strip(), raw, cfg, problems)
     problems.extend(_string_problems(values, raw))
     problems.extend(api_tls_problems(values))
+    problems.extend(api_token_problems(values))
     if len(values) == len(KEYS):  # the invariants need every timing value parsed
         problems.extend(timing_problems(values))
     if problems:

@@ -123,7 +123,22 @@ KEYS: tuple[Key, ...] = (
         "str",
         "",
         "File (owner-only) holding the API's token, sent as `Authorization: Bearer TOKEN` "
-        "(or as the password of basic auth). Without one, the API takes no actions.",
+        "(or as the password of basic auth). Without a token, the API takes no actions.",
+    ),
+    Key(
+        "api_token_cmd",
+        "str",
+        "",
+        "Instead of api_token_file: a command whose output is the token (as Airflow's "
+        "`_cmd` options), run at start by the controller and by the CLI.",
+    ),
+    Key(
+        "api_token_secret",
+        "str",
+        "",
+        "Instead of api_token_file: the key of the token in Airflow's secrets backend "
+        "([secrets] backend, as Airflow's `_secret` options), asked through the scheduler's "
+        "Airflow.",
     ),
     Key(
         "api_allow",
@@ -180,6 +195,8 @@ class Settings:
     api_address: str
     api_auth: str
     api_token_file: str
+    api_token_cmd: str
+    api_token_secret: str
     api_allow: str
     api_tls_cert_file: str
     api_tls_key_file: str
@@ -235,6 +252,13 @@ def api_allow_problem(value: str) -> str | None:
     except ValueError as exc:
         return f"'{value}': {exc}; give networks such as 10.0.0.0/8, 127.0.0.1"
     return None
+
+
+def api_token_problems(values: dict[str, Any]) -> list[str]:
+    given = [k for k in ("api_token_file", "api_token_cmd", "api_token_secret") if values.get(k)]
+    if len(given) > 1:
+        return [f"{', '.join(given)}: give the token one way only"]
+    return []
 
 
 def api_tls_problems(values: dict[str, Any]) -> list[str]:

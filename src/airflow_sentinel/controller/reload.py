@@ -23,6 +23,8 @@ FIXED_ON_RELOAD = (
     "api_address",  # the server, its token and its allowlist are set up at start
     "api_auth",
     "api_token_file",
+    "api_token_cmd",
+    "api_token_secret",
     "api_allow",
     "api_tls_cert_file",
     "api_tls_key_file",
