@@ -210,6 +210,7 @@ def start(**flags: Any) -> None:
             start_gate=gate,
             reload=lambda: settings_from(dict(given)),
         )
+        controller.install_signal_handlers()
         other = controller.claim_node()
         if other is not None:
             raise NodeIdConflict(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import replace
 from typing import Any, cast
 
@@ -470,3 +472,20 @@ def test_a_stop_that_needed_sigkill_is_reported_with_its_cause(
     clock.advance(2.4)
     controller._on_run_ended(RunEnded("exited", 0))
     assert "stopped 2.4s after SIGTERM" in caplog.text
+
+
+def test_a_stop_sent_before_the_loop_runs_is_a_clean_stop_not_a_kill(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    """`start` installs the handlers before the node registers: a SIGTERM in between (an
+    operator's stop, systemd's) stops the controller as a SIGTERM to its loop would."""
+    controller, _ = make(settings, store, clock)
+    names = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {name: signal.getsignal(name) for name in names}
+    try:
+        controller.install_signal_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, on this thread
+        assert controller.stop_requested
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)

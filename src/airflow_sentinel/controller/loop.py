@@ -105,6 +105,7 @@ class Controller:
         self._reported_pid: int | None = None
         self._stop_requested = False
         self._stop_signal: str | None = None
+        self._signals_installed = False
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -133,6 +134,10 @@ class Controller:
     def _emit(self, kind: str, detail: str = "", level: int = logging.INFO) -> None:
         self.events.emit(kind, detail, epoch=self.epoch, level=level)
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def request_stop(self) -> None:
         self._stop_requested = True
         self.wake()
@@ -152,7 +157,8 @@ class Controller:
         # Whatever a dead guard leaves behind re-parents to us, so we can kill it.
         become_subreaper()
         self.strays.subreaper = True
-        self._install_signal_handlers()
+        if not self._signals_installed:
+            self.install_signal_handlers()
         self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
         self._handle_strays()
         next_tick = self.clock.now()
@@ -169,7 +175,12 @@ class Controller:
         self.shutdown()
         return 0
 
-    def _install_signal_handlers(self) -> None:
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the loop, SIGHUP reloads. Installed before this node
+        registers, so that a stop sent to a controller that is still starting is a clean
+        stop, not the signal's default action."""
+        self._signals_installed = True
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             # Logged by the loop: a handler that logged could interrupt a write to the
             # same stream, and that write would fail.
