@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from dataclasses import replace
@@ -461,6 +462,7 @@ def test_a_reload_applies_new_timing_and_a_bad_file_keeps_the_old(
 def test_a_stop_that_needed_sigkill_is_reported_with_its_cause(
     settings: Settings, store: FlakyStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_sentinel")  # the clean stop is INFO
     controller, _ = make(settings, store, clock)
     controller.tick()
     controller.scheduler.stop(settings.stop_timeout)
