@@ -243,8 +243,8 @@ def renewal_histogram(cluster: Cluster) -> dict[str, float]:
 
 def window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Count, mean and p95 (the upper bound of its bucket) of the renewals between."""
-    count = after["count"] - before["count"]
-    total = after["sum"] - before["sum"]
+    count = after.get("count", 0.0) - before.get("count", 0.0)  # none yet: no series
+    total = after.get("sum", 0.0) - before.get("sum", 0.0)
     buckets = sorted(
         (float(k[3:]), after[k] - before.get(k, 0.0)) for k in after if k.startswith("le=")
     )
