@@ -75,7 +75,9 @@ def _from_secrets_backend(settings: Settings) -> bytes:
             "api_token_secret: no Airflow to ask: the scheduler_command's program is not "
             "an Airflow script or a Python interpreter"
         )
-    env = dict(os.environ, AIRFLOW_HOME=settings.airflow_home)
+    # As for the scheduler: none of our settings (the metastore URL may carry a password).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__SENTINEL__")}
+    env["AIRFLOW_HOME"] = settings.airflow_home
     try:
         done = subprocess.run(
             [interpreter, "-c", LOOKUP],
