@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.config.profiles import PROFILES as SHIPPED
 from airflow_sentinel.metastore.base import switchover_flag
+from airflow_sentinel.soak.servers import free_port
 from tests.support.backends import fresh_metastore_url, selected_backends
 from tests.support.cluster import FAST, Cluster, running_cluster, wait_until
 
@@ -151,13 +151,7 @@ def with_api(cluster: Cluster, root: Path) -> None:
     token.write_text(TOKEN)
     token.chmod(0o600)
     cluster.settings["api_token_file"] = str(token)
-    cluster.api_ports = {node: free_port() for node in NODES}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    cluster.api_ports = {node: free_port("127.0.0.1") for node in NODES}
 
 
 def run_profile(
@@ -200,7 +194,7 @@ def renewal_latency(backend: str, seconds: float) -> dict[str, dict[str, float]]
         running_cluster(Path(tmp), url) as cluster,
     ):
         cluster.settings = {**FAST, "lease_ttl": "4", "renew_interval": "0.5"}
-        cluster.api_ports = {"a": free_port()}
+        cluster.api_ports = {"a": free_port("127.0.0.1")}
         cluster.start("a")
         cluster.wait_for_one_scheduler(timeout=60)
         for label, scrape in (("without a scraper", False), ("scraped 10/s", True)):

@@ -17,22 +17,17 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from airflow_sentinel.soak.servers import free_port
 from tests.support.certs import make_certs
 from tests.support.cluster import Cluster, running_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, metastore_url: str) -> Iterator[Cluster]:
     with running_cluster(tmp_path, metastore_url) as c:
-        c.api_ports = {"a": free_port(), "b": free_port()}
+        c.api_ports = {"a": free_port("127.0.0.1"), "b": free_port("127.0.0.1")}
         yield c
 
 

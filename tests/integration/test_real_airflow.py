@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -30,6 +29,7 @@ from airflow_sentinel.airflow_env import ensure_airflow_venv
 from airflow_sentinel.api.token import load_api_token
 from airflow_sentinel.config import load_settings
 from airflow_sentinel.errors import UserError
+from airflow_sentinel.soak.servers import free_port
 from tests.support.cluster import Cluster, running_cluster, wait_until
 
 AIRFLOW_VERSIONS = (os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2"), "2.10.5")
@@ -44,12 +44,6 @@ def airflow_venv(request: pytest.FixtureRequest) -> Path:
 def executor_for(venv: Path) -> str:
     """Airflow 2 takes only the SequentialExecutor on SQLite; 3 takes the LocalExecutor."""
     return "SequentialExecutor" if venv.name.startswith("airflow-2.") else "LocalExecutor"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def api(cluster: Cluster, node: str, path: str) -> tuple[int, bytes]:
@@ -114,7 +108,7 @@ def airflow_cluster(tmp_path: Path, airflow_venv: Path) -> Iterator[Cluster]:
         # The metastore is Airflow's own database (the default), in tables of our own.
         cluster.metastore_url = db
         cluster.extra_env = airflow_env
-        cluster.api_ports = {"a": free_port(), "b": free_port()}
+        cluster.api_ports = {"a": free_port("127.0.0.1"), "b": free_port("127.0.0.1")}
         cluster.settings.update(
             lease_ttl="8",
             renew_interval="2",
