@@ -118,7 +118,10 @@ class LazyGroup(click.Group):
     the controller, started on every node, never needs."""
 
     lazy: ClassVar[dict[str, str]] = {
+        "alert": "airflow_sentinel.alerts.command:alert",
+        "doctor": "airflow_sentinel.doctor.command:doctor",
         "soak": "airflow_sentinel.soak.command:soak",
+        "systemd-unit": "airflow_sentinel.systemd:systemd_unit",
         "upgrade": "airflow_sentinel.upgrade.command:upgrade",
     }
 
@@ -181,10 +184,13 @@ def test_connection(**flags: Any) -> None:
 @setting_options
 def start(**flags: Any) -> None:
     """Run the controller for this node in the foreground (SIGTERM/SIGINT: stop cleanly)."""
+    from airflow_sentinel.alerts.service import start_alerts
     from airflow_sentinel.controller.health import JobTableProbe
     from airflow_sentinel.controller.loop import Controller
+    from airflow_sentinel.doctor.fingerprint import node_fingerprint
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
+    from airflow_sentinel.systemd import start_notify
 
     given = dict(flags)
     settings = settings_from(flags)
@@ -211,6 +217,7 @@ def start(**flags: Any) -> None:
             reload=lambda: settings_from(dict(given)),
         )
         controller.install_signal_handlers()
+        controller.fingerprint = node_fingerprint(settings)
         other = controller.claim_node()
         if other is not None:
             raise NodeIdConflict(
@@ -218,9 +225,13 @@ def start(**flags: Any) -> None:
                 "give each node its own node_id ([sentinel] node_id)"
             )
         api = serve_api(settings, controller, clock, token)
+        stops = [start_notify(controller), start_alerts(settings, controller, clock)]
         try:
             code = controller.run()
         finally:
+            for stop in stops:
+                if stop is not None:
+                    stop()
             if api is not None:
                 api.close()
         sys.exit(code)

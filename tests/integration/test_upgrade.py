@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 
 from airflow_sentinel.airflow_env import build_venv, ensure_airflow_venv
 from airflow_sentinel.airflow_schema import expected_head, installed_version
-from airflow_sentinel.upgrade import canary, sqlite_migration
+from airflow_sentinel.upgrade import canary, repairs, sqlite_migration
 from airflow_sentinel.upgrade.databases import open_database
 from airflow_sentinel.upgrade.installation import AirflowEnv
 from airflow_sentinel.upgrade.journal import Journal
@@ -168,6 +169,7 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
     assert len(work["task_instance"]) == 6 and len(work["xcom"]) >= 4  # there is work to lose
     with site.controller(), target_services(site, "api-server", "dag-processor") as flags:
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
+        site.leave_a_dangling_permission()  # the FAB migration refuses it: the run removes it
         done = upgrade(site, "run", "--to", NEW, "--verify-timeout", "240", *flags)
         assert done.returncode == 0, done.stdout + done.stderr
         run = last_run(site)
@@ -200,6 +202,9 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         survived = "\n".join(run["facts"]["survival"])
         print(f"\n{site.backend} survival check:\n{survived}")
         assert "task_instance: 6 -> 6" in survived
+        assert re.search(r"removed [1-9]\d* permission rows without an action", migrated["detail"])
+        assert "invalid rows removed before the migration" in survived
+        assert repairs.dangling_permissions(open_database(site.db_url)) == []
 
         assert_configuration_carried(site, run)
 

@@ -339,6 +339,38 @@ class Site:
             tail = (self.base / "controller.log").read_text(errors="replace")[-6000:]
             sys.stderr.write(f"===== controller.log (end)\n{tail}\n")
 
+    def leave_a_dangling_permission(self) -> None:
+        """What Flask-AppBuilder's permission race leaves: a row without its action, held
+        by a role (two DAG-parsing processes creating the same action at once)."""
+        url = self.db_url.replace("+psycopg2", "+psycopg")
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO ab_view_menu (name) VALUES ('DAG:sentinel_race')"))
+            menu = conn.execute(
+                sa.text("SELECT id FROM ab_view_menu WHERE name = 'DAG:sentinel_race'")
+            ).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ab_permission_view (permission_id, view_menu_id) VALUES (NULL, :m)"
+                ),
+                {"m": menu},
+            )
+            view = conn.execute(
+                sa.text("SELECT id FROM ab_permission_view WHERE view_menu_id = :m"), {"m": menu}
+            ).scalar()
+            conn.execute(sa.text("INSERT INTO ab_role (name) VALUES ('SentinelRace')"))
+            role = conn.execute(
+                sa.text("SELECT id FROM ab_role WHERE name = 'SentinelRace'")
+            ).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ab_permission_view_role (permission_view_id, role_id) "
+                    "VALUES (:v, :r)"
+                ),
+                {"v": view, "r": role},
+            )
+        engine.dispose()
+
     def newest_scheduler_heartbeat(self) -> str | None:
         url = self.db_url.replace("+psycopg2", "+psycopg")
         engine = sa.create_engine(url)

@@ -56,6 +56,20 @@ def test_a_table_that_disappears_outside_a_known_change_is_a_loss() -> None:
     ]  # empty ab_user: no loss
 
 
+def test_rows_removed_on_purpose_before_the_migration_are_not_losses_but_named() -> None:
+    before = {"ab_permission_view": 10, "ab_permission_view_role": 4}
+    after = {"ab_permission_view": 8, "ab_permission_view_role": 3}
+    removed = {"ab_permission_view": 2, "ab_permission_view_role": 1}
+    result = compare(before, after, "2.10.5", "3.3.2", removed=removed)
+    assert result.ok, result.losses
+    assert result.lines[0] == (
+        "ab_permission_view: 8 -> 8 (2 invalid rows removed before the migration)"
+    )
+    # One more row gone than was removed is still a loss.
+    after["ab_permission_view"] = 7
+    assert not compare(before, after, "2.10.5", "3.3.2", removed=removed).ok
+
+
 def test_airflow_3s_renames_apply_only_when_crossing_3_0() -> None:
     result = compare({"dataset": 1}, {"asset": 1}, "2.9.3", "2.10.5")
     assert not result.ok  # within 2.x, a missing dataset table is a loss, not a rename

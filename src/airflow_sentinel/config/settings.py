@@ -104,6 +104,29 @@ KEYS: tuple[Key, ...] = (
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
     Key(
+        "log_format",
+        "choice",
+        "text",
+        "text: one line per message, with the time zone, node and epoch. json: one JSON "
+        "object per line with the keys time, level, node, instance, epoch, event, detail.",
+        choices=("text", "json"),
+    ),
+    Key(
+        "status_log_interval",
+        "float",
+        "300",
+        "Seconds between INFO lines that say what this node is doing (active with its "
+        "scheduler's pid, or standby behind which node); 0: never.",
+    ),
+    Key(
+        "scheduler_log",
+        "str",
+        "",
+        "File that gets the scheduler's own output, appended. Default: "
+        "sentinel-scheduler.log in Airflow's [logging] base_log_folder. -: the controller's "
+        "standard error, mixed with its own lines.",
+    ),
+    Key(
         "api_address",
         "str",
         "127.0.0.1:8975",
@@ -192,6 +215,9 @@ class Settings:
     schema_gate: str
     event_retention: int
     log_level: str
+    log_format: str
+    status_log_interval: float
+    scheduler_log: str
     api_address: str
     api_auth: str
     api_token_file: str

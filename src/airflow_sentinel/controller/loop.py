@@ -27,7 +27,13 @@ from airflow_sentinel.controller.policy import (
     Timing,
     decide_leadership,
 )
-from airflow_sentinel.controller.published import NodeView, Publisher
+from airflow_sentinel.controller.published import (
+    READY,
+    RELOADING,
+    STOPPING,
+    NodeView,
+    Publisher,
+)
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
@@ -116,6 +122,8 @@ class Controller:
         self.events.on_event = self.published.event
         self._reachable = False
         self.api_url: str | None = None  # where this node's API answers, for the registry
+        # What must be alike on every master (doctor compares them), for the registry.
+        self.fingerprint: str | None = None
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -162,6 +170,7 @@ class Controller:
         self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
         self._handle_strays()
         next_tick = self.clock.now()
+        ready = False
         while not self._stop_requested:
             if self._reload_requested:
                 self._reload_settings()
@@ -169,9 +178,13 @@ class Controller:
                 self._tick_now = False
                 self.tick()
                 next_tick = self.clock.now() + self.settings.renew_interval
+                if not ready:
+                    ready = True
+                    self.published.lifecycle(READY)
             self._wait(self._wake_time(next_tick))
         if self._stop_signal is not None:
             log.info("received %s: stopping", self._stop_signal)
+        self.published.lifecycle(STOPPING)
         self.shutdown()
         return 0
 
@@ -201,12 +214,14 @@ class Controller:
         self._reload_requested = False
         if self._reload is None:
             return
+        self.published.lifecycle(RELOADING)
         try:
             new = self._reload()
         except UserError as exc:
             log.error(  # noqa: TRY400 - a user mistake: one line, no traceback
                 "reload refused, settings unchanged: %s", exc, extra={"epoch": self.epoch}
             )
+            self.published.lifecycle(READY)
             return
         new, changed = merge_reload(self.settings, new)
         self.settings = new
@@ -216,6 +231,7 @@ class Controller:
         logging.getLogger("airflow_sentinel").setLevel(new.log_level)
         self._emit(ev.RELOADED, ", ".join(changed) or "nothing changed")
         self._tick_now = True
+        self.published.lifecycle(READY)
 
     def _wake_time(self, next_tick: float) -> float:
         stopper_due = self.strays.next_deadline()  # a stray's SIGKILL, or a look at its end
@@ -468,6 +484,7 @@ class Controller:
             instance=self.instance.token,
             cooldown_left_s=round(left, 1) if left > 0 else None,
             api=self.api_url,
+            fingerprint=self.fingerprint,
         )
         if not self.registry.report(report, self.epoch, at_start):
             self.leases.store_failed = True

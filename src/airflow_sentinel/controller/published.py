@@ -88,19 +88,42 @@ class NodeView:
 
 
 EventListener = Callable[[Event], None]
+ViewListener = Callable[[NodeView], None]
+LifecycleListener = Callable[[str], None]
+# The controller's life, as a service manager hears of it.
+READY, RELOADING, STOPPING = "ready", "reloading", "stopping"
 
 
 class Publisher:
     """The latest view, swapped whole (readers never see half of one), and the listeners
-    that hear every event. A listener that fails is logged and kept out of the loop."""
+    that hear every event. A listener that fails is logged and kept out of the loop.
+
+    View and lifecycle listeners run on the loop's own thread, at the end of each cycle:
+    a watchdog ping that comes from here proves that the loop runs. They must be quick
+    (no network, no disk waits); anything slow belongs on a thread of its own."""
 
     def __init__(self) -> None:
         self._view: NodeView | None = None
         self._listeners: list[EventListener] = []
+        self._view_listeners: list[ViewListener] = []
+        self._lifecycle_listeners: list[LifecycleListener] = []
         self._lock = threading.Lock()
 
     def publish(self, view: NodeView) -> None:
         self._view = view
+        for listener in list(self._view_listeners):
+            _call(listener, view)
+
+    def on_view(self, listener: ViewListener) -> None:
+        self._view_listeners.append(listener)
+
+    def on_lifecycle(self, listener: LifecycleListener) -> None:
+        self._lifecycle_listeners.append(listener)
+
+    def lifecycle(self, state: str) -> None:
+        """READY, RELOADING or STOPPING, from the loop."""
+        for listener in list(self._lifecycle_listeners):
+            _call(listener, state)
 
     def latest(self) -> NodeView | None:
         return self._view
@@ -113,7 +136,11 @@ class Publisher:
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            try:
-                listener(event)
-            except Exception:  # a reader's bug must not stop the loop
-                log.exception("an event listener failed")
+            _call(listener, event)
+
+
+def _call(listener: Callable[[Any], None], value: Any) -> None:
+    try:
+        listener(value)
+    except Exception:  # a reader's bug must not stop the loop
+        log.exception("a listener of the controller failed")

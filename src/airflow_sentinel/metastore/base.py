@@ -63,6 +63,7 @@ class NodeReport:
     instance: str | None = None  # the reporting controller's instance token
     cooldown_left_s: float | None = None  # stepped down: seconds until it may lead again
     api: str | None = None  # where its HTTP API answers (http://HOST:PORT), if it serves one
+    fingerprint: str | None = None  # JSON: what must be alike on every master (doctor)
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ def _checks(
         pf.path_check(inst, database, target),
         pf.reach_check(database),
         pf.tools_check(database),
+        pf.permissions_check(database),
         pf.disk_check(
             inst,
             database,

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.airflow_env import env_dir_name
 from airflow_sentinel.errors import SentinelError, UserError
-from airflow_sentinel.upgrade import dag_lint
+from airflow_sentinel.upgrade import dag_lint, repairs
 from airflow_sentinel.upgrade.databases import Database
 from airflow_sentinel.upgrade.installation import Installation, UpgradeError
 from airflow_sentinel.upgrade.services import AIRFLOW_3_SERVICES
@@ -186,6 +186,26 @@ def reach_check(database: Database) -> Check:
     except SentinelError as exc:
         return Check("metastore reachable", False, str(exc))
     return Check("metastore reachable", True, database.sa_url.render_as_string(hide_password=True))
+
+
+def permissions_check(database: Database) -> Check:
+    """Informational: rows the migrate step will remove (see ``repairs``)."""
+    name = "permission rows"
+    try:
+        dangling = repairs.dangling_permissions(database)
+    except SQLAlchemyError as exc:
+        why = f"cannot read {repairs.PERMISSIONS}: {exc.__class__.__name__}"
+        return Check(name, False, why, blocking=False)
+    if not dangling:
+        return Check(name, True, "none without an action", blocking=False)
+    return Check(
+        name,
+        True,
+        f"{len(dangling)} in {repairs.PERMISSIONS} have no action or resource (left by "
+        "Flask-AppBuilder's permission race); they grant nothing and the FAB migration fails "
+        "on them, so the migrate step removes them after the backup",
+        blocking=False,
+    )
 
 
 def tools_check(database: Database) -> Check:

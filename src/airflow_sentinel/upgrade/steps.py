@@ -16,7 +16,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
 from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
-from airflow_sentinel.upgrade import canary, configure, files, sqlite_migration, survival, verify
+from airflow_sentinel.upgrade import (
+    canary,
+    configure,
+    files,
+    repairs,
+    sqlite_migration,
+    survival,
+    verify,
+)
 from airflow_sentinel.upgrade.databases import Database, SqliteDatabase
 from airflow_sentinel.upgrade.installation import AirflowEnv, Installation, UpgradeError
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run
@@ -329,6 +337,7 @@ def migrate(ctx: Context) -> str:
     major_minor = tuple(int(p) for p in version.split(".")[:2])
     command = ["db", "migrate"] if major_minor >= (2, 7) else ["db", "upgrade"]
     sqlite = ctx.database if isinstance(ctx.database, SqliteDatabase) else None
+    repaired = _remove_dangling_rows(ctx)
     ctx.new_env.run(
         command,
         ctx.home,
@@ -348,14 +357,29 @@ def migrate(ctx: Context) -> str:
         if broken:
             raise UpgradeError(f"rows refer to rows that are gone: {'; '.join(broken)}")
     survived = _check_survival(ctx)
-    return f"airflow {' '.join(command)}; schema at {actual}; {survived}"
+    return f"{repaired}airflow {' '.join(command)}; schema at {actual}; {survived}"
+
+
+def _remove_dangling_rows(ctx: Context) -> str:
+    """Rows the migration would fail on and that hold nothing; counted for the survival."""
+    removed = repairs.remove_dangling_permissions(ctx.database)
+    if not removed:
+        return ""
+    done = ctx.run.facts.setdefault("removed_rows", {})
+    for table, count in removed.items():
+        done[table] = done.get(table, 0) + count
+    return repairs.describe(removed) + "; "
 
 
 def _check_survival(ctx: Context) -> str:
     """Every table's rows in the migrated database, against the backup's counts."""
     before = ctx.run.facts["row_counts"]
     result = survival.compare(
-        before, ctx.database.row_counts(), ctx.run.from_version, ctx.run.to_version
+        before,
+        ctx.database.row_counts(),
+        ctx.run.from_version,
+        ctx.run.to_version,
+        removed=ctx.run.facts.get("removed_rows", {}),
     )
     report = ctx.folder / "survival.txt"
     _private_write(report, "\n".join(result.lines) + "\n")

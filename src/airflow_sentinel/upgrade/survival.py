@@ -69,13 +69,21 @@ def crossed(from_version: str, to_version: str) -> list[SchemaChange]:
 
 
 def compare(
-    before: dict[str, int], after: dict[str, int], from_version: str, to_version: str
+    before: dict[str, int],
+    after: dict[str, int],
+    from_version: str,
+    to_version: str,
+    removed: dict[str, int] | None = None,
 ) -> Survival:
-    """Follow every table of ``before`` to where its rows are after the migration."""
+    """Follow every table of ``before`` to where its rows are after the migration;
+    ``removed`` are rows deleted on purpose before it (see ``repairs``)."""
     changes = crossed(from_version, to_version)
+    removed = removed or {}
     lines, losses = [], []
     for table in sorted(before):
-        line, lost = _follow(table, before[table], after, changes)
+        line, lost = _follow(table, before[table] - removed.get(table, 0), after, changes)
+        if removed.get(table):
+            line += f" ({removed[table]} invalid rows removed before the migration)"
         lines.append(line)
         if lost:
             losses.append(line)
