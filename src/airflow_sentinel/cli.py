@@ -30,6 +30,7 @@ from airflow_sentinel.api.token import load_api_token
 from airflow_sentinel.clock import Clock, SystemClock
 from airflow_sentinel.config import KEYS, Settings, load_settings
 from airflow_sentinel.config.airflow_cfg import (
+    AirflowConfig,
     add_sentinel_section,
     create_airflow_home,
     load_airflow_config,
@@ -42,6 +43,7 @@ from airflow_sentinel.errors import (
     SentinelError,
     UserError,
 )
+from airflow_sentinel.identity import Instance, describe_token
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, UPGRADE_LOCK, NodeRecord, switchover_flag
 from airflow_sentinel.metastore.urls import mask, password_of
@@ -187,7 +189,7 @@ def start(**flags: Any) -> None:
     from airflow_sentinel.alerts.service import start_alerts
     from airflow_sentinel.controller.health import JobTableProbe
     from airflow_sentinel.controller.loop import Controller
-    from airflow_sentinel.doctor.fingerprint import node_fingerprint
+    from airflow_sentinel.doctor.fingerprint import keep_fingerprint, node_fingerprint
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
     from airflow_sentinel.systemd import start_notify
@@ -197,11 +199,16 @@ def start(**flags: Any) -> None:
     # A token that cannot be had or a bad TLS file stops the start, in one line.
     token = load_api_token(settings)
     tls.check(tls.TlsFiles.of(settings))
-    configure_logging(settings.node_id, settings.log_level)
+    instance = Instance.of_this_process(settings.node_id)
+    configure_logging(
+        settings.node_id, settings.log_level, settings.log_format, describe_token(instance.token)
+    )
     host = host_identity()
     with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
         probe = None
-        airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
+        airflow_cfg = load_airflow_config(Path(settings.airflow_home))
+        airflow_db = airflow_cfg.sql_alchemy_conn()
+        output = open_scheduler_log(settings, airflow_cfg)
         if settings.health_check == "heartbeat":
             probe = JobTableProbe(airflow_db, settings.renew_interval)
         gate = schema_gate(settings, airflow_db)
@@ -210,10 +217,11 @@ def start(**flags: Any) -> None:
             settings,
             store,
             clock,
-            GuardLauncher(),
+            GuardLauncher(output),
             host,
             probe,
             start_gate=gate,
+            instance=instance,
             reload=lambda: settings_from(dict(given)),
         )
         controller.install_signal_handlers()
@@ -225,7 +233,11 @@ def start(**flags: Any) -> None:
                 "give each node its own node_id ([sentinel] node_id)"
             )
         api = serve_api(settings, controller, clock, token)
-        stops = [start_notify(controller), start_alerts(settings, controller, clock)]
+        stops = [
+            start_notify(controller),
+            start_alerts(settings, controller, clock),
+            keep_fingerprint(controller),
+        ]
         try:
             code = controller.run()
         finally:
@@ -235,6 +247,24 @@ def start(**flags: Any) -> None:
             if api is not None:
                 api.close()
         sys.exit(code)
+
+
+def open_scheduler_log(settings: Settings, airflow_cfg: AirflowConfig) -> int | None:
+    """The file that gets the scheduler's own output, opened for appending (a log rotation
+    with copytruncate keeps working); None: our standard error."""
+    if settings.scheduler_log == "-":
+        return None
+    path = Path(settings.scheduler_log or airflow_cfg.base_log_folder() / "sentinel-scheduler.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise UserError(
+            f"scheduler_log: cannot open {path} for appending ({exc.strerror}); give a file "
+            "the controller's user may write, or - for standard error"
+        ) from None
+    logging.getLogger("airflow_sentinel").info("the scheduler's own output goes to %s", path)
+    return fd
 
 
 def serve_api(

@@ -316,6 +316,20 @@ def test_node_registry_upserts_and_lists_sorted(new_store: StoreFactory) -> None
     assert 0.0 <= b.last_heartbeat_age_s < 60.0
 
 
+def test_a_nodes_fingerprint_round_trips_and_follows_each_heartbeat(
+    new_store: StoreFactory,
+) -> None:
+    store, other = new_store(), new_store()
+    recorded = '{"dags_folder": {"files": 12, "sha256": "9f8e"}, "airflow_version": "2.10.5"}'
+    store.heartbeat(replace(_report("a"), fingerprint=recorded), TTL)
+    store.heartbeat(_report("b"), TTL)
+    a, b = other.nodes()
+    assert (a.fingerprint, b.fingerprint) == (recorded, None)
+    changed = '{"airflow_version": "3.3.2"}'
+    store.heartbeat(replace(_report("a"), fingerprint=changed), TTL)
+    assert other.nodes()[0].fingerprint == changed
+
+
 def test_a_second_live_instance_of_a_node_id_is_refused_the_registry_row(
     new_store: StoreFactory,
 ) -> None:
@@ -428,9 +442,10 @@ def test_tables_of_an_earlier_version_get_the_new_columns(
     try:
         lease = store.try_acquire(SERVICE, live("a"), TTL)
         assert lease is not None
-        assert store.heartbeat(_report("a"), TTL) is None
+        assert store.heartbeat(replace(_report("a"), fingerprint='{"k": "v"}'), TTL) is None
         record = store.read_lease(SERVICE)
         assert record is not None
         assert record.instance == live("a").token
+        assert store.nodes()[0].fingerprint == '{"k": "v"}'  # an added column
     finally:
         store.close()

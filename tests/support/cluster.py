@@ -192,7 +192,9 @@ class Cluster:
 
     def logs(self) -> str:
         parts = []
-        for log in sorted(self.root.glob("*.log")):
+        # The controllers' own logs, then the schedulers' output (scheduler_log's default).
+        found = [*sorted(self.root.glob("*.log")), *sorted(self.root.glob("home/logs/*.log"))]
+        for log in found:
             parts.append(f"===== {log.name}\n{log.read_text(errors='replace')[-6000:]}")
         return "\n".join(parts)
 

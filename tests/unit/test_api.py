@@ -28,28 +28,8 @@ from airflow_sentinel.controller.published import NodeView, Publisher
 from airflow_sentinel.errors import MetastoreError
 from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import Event
+from tests.support.views import ACTIVE
 
-ACTIVE = NodeView(
-    node_id="a",
-    host="h",
-    version="1",
-    role="active",
-    epoch=7,
-    lease_left_s=10.0,
-    demote_in_s=4.0,
-    scheduler_state="running",
-    scheduler_pid=42,
-    heartbeat_age_s=1.0,
-    paused=False,
-    held=None,
-    fit=True,
-    cooldown_left_s=None,
-    conflict=None,
-    metastore_reachable=True,
-    cycle_at=100.0,
-    cycle_every_s=3.0,
-    cycle_bound_s=30.0,
-)
 STANDBY = replace(
     ACTIVE,
     role="standby",

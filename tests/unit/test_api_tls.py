@@ -20,7 +20,7 @@ from airflow_sentinel.api.server import ApiServer, Routes
 from airflow_sentinel.config import load_settings
 from airflow_sentinel.errors import ConfigError, UserError
 from tests.support.certs import Certs, make_certs
-from tests.unit.test_api import ACTIVE
+from tests.support.views import ACTIVE
 
 
 @pytest.fixture(scope="module")

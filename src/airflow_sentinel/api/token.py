@@ -42,7 +42,8 @@ def load_api_token(settings: Settings) -> bytes:
             "api_token_cmd",
         )
     elif settings.api_token_secret:
-        token, origin = _from_secrets_backend(settings), "api_token_secret"
+        origin = "api_token_secret"
+        token = from_secrets_backend(settings, settings.api_token_secret, origin).encode()
     else:
         return b""
     token = token.strip()
@@ -66,13 +67,14 @@ def _from_file(path: str) -> bytes:
     return token
 
 
-def _from_secrets_backend(settings: Settings) -> bytes:
-    key = settings.api_token_secret
+def from_secrets_backend(settings: Settings, key: str, origin: str) -> str:
+    """``key``'s value in Airflow's secrets backend, asked through the scheduler's Airflow;
+    UserError naming ``origin`` (the setting) when it cannot be had."""
     program = resolve_program(settings.scheduler_argv, os.environ.get("PATH", os.defpath))
     interpreter = airflow_interpreter(program) if program is not None else None
     if interpreter is None:
         raise UserError(
-            "api_token_secret: no Airflow to ask: the scheduler_command's program is not "
+            f"{origin}: no Airflow to ask: the scheduler_command's program is not "
             "an Airflow script or a Python interpreter"
         )
     # As for the scheduler: none of our settings (the metastore URL may carry a password).
@@ -89,19 +91,17 @@ def _from_secrets_backend(settings: Settings) -> bytes:
             env=env,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(
-            f"api_token_secret: Airflow could not be asked ({type(exc).__name__})"
-        ) from None
+        raise UserError(f"{origin}: Airflow could not be asked ({type(exc).__name__})") from None
     if done.returncode == 3:
-        raise UserError("api_token_secret: Airflow has no secrets backend ([secrets] backend)")
+        raise UserError(f"{origin}: Airflow has no secrets backend ([secrets] backend)")
     if done.returncode == 4:
-        raise UserError(f"api_token_secret: Airflow's secrets backend has no config '{key}'")
+        raise UserError(f"{origin}: Airflow's secrets backend has no config '{key}'")
     if done.returncode != 0:
         # Only the error's type: its message may carry the backend's own credentials.
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         kind = last.split(":", 1)[0].strip()[:80]
         raise UserError(
-            f"api_token_secret: Airflow's secrets backend failed ({kind}); run "
+            f"{origin}: Airflow's secrets backend failed ({kind}); run "
             "`airflow config get-value secrets backend` with the scheduler's Airflow to check it"
         )
-    return done.stdout.encode()
+    return done.stdout

@@ -45,6 +45,16 @@ class AirflowConfig:
             return run_command(f"[{section}] {key}_cmd", self.parser.get(section, f"{key}_cmd"))
         return None
 
+    def base_log_folder(self) -> Path:
+        """Airflow's [logging] base_log_folder, as Airflow finds it (default: logs in
+        AIRFLOW_HOME); the {AIRFLOW_HOME} placeholder of newer defaults is filled in."""
+        value = self.from_env("logging", "base_log_folder") or self.from_file(
+            "logging", "base_log_folder"
+        )
+        if not value:
+            return self.home / "logs"
+        return Path(value.replace("{AIRFLOW_HOME}", str(self.home))).expanduser()
+
     def sentinel_items(self) -> dict[str, str]:
         if not self.parser.has_section(SECTION):
             return {}

@@ -15,6 +15,7 @@ from airflow_sentinel.config.settings import (
     PARSERS,
     Key,
     Settings,
+    alert_problems,
     api_address_problem,
     api_allow_problem,
     api_tls_problems,
@@ -49,6 +50,7 @@ def load_settings(
     problems.extend(_string_problems(values, raw))
     problems.extend(api_tls_problems(values))
     problems.extend(api_token_problems(values))
+    problems.extend(alert_problems(values, {k.name: _origin(raw, k.name) for k in KEYS}))
     if len(values) == len(KEYS):  # the invariants need every timing value parsed
         problems.extend(timing_problems(values))
     if problems:

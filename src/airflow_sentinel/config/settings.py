@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import shlex
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,102 @@ KEYS: tuple[Key, ...] = (
         "(load balancers and Prometheus too); none: any client.",
         choices=("none", "required"),
     ),
+    Key(
+        "alert_email_to",
+        "str",
+        "",
+        "Addresses that get the alerts by email, comma-separated; empty: no email. Sent "
+        "through Airflow's [smtp] settings unless the alert_smtp_* keys say otherwise.",
+    ),
+    Key(
+        "alert_email_from",
+        "str",
+        "",
+        "From address of the alert emails. Default: Airflow's [smtp] smtp_mail_from.",
+    ),
+    Key("alert_smtp_host", "str", "", "SMTP server for alerts. Default: [smtp] smtp_host."),
+    Key(
+        "alert_smtp_port",
+        "int",
+        "0",
+        "Port of the SMTP server for alerts; 0: Airflow's [smtp] smtp_port.",
+    ),
+    Key(
+        "alert_smtp_user",
+        "str",
+        "",
+        "SMTP user for alerts. Default: [smtp] smtp_user (with its password).",
+    ),
+    Key(
+        "alert_smtp_password_cmd",
+        "str",
+        "",
+        "A command whose output is the SMTP password for alerts (as Airflow's `_cmd` "
+        "options). Default: [smtp] smtp_password, smtp_password_cmd or smtp_password_secret.",
+    ),
+    Key(
+        "alert_smtp_password_secret",
+        "str",
+        "",
+        "Instead of alert_smtp_password_cmd: the password's key in Airflow's secrets backend, "
+        "asked through the scheduler's Airflow.",
+    ),
+    Key(
+        "alert_smtp_starttls",
+        "choice",
+        "airflow",
+        "on: STARTTLS after connecting; off: not; airflow: as [smtp] smtp_starttls says.",
+        choices=("airflow", "on", "off"),
+    ),
+    Key(
+        "alert_smtp_ssl",
+        "choice",
+        "airflow",
+        "on: TLS from the first byte (SMTPS, port 465); off: not; airflow: as [smtp] "
+        "smtp_ssl says.",
+        choices=("airflow", "on", "off"),
+    ),
+    Key(
+        "alert_webhook_urls",
+        "str",
+        "",
+        "Webhooks that get each alert as a JSON POST with a Slack-compatible `text` field "
+        "(Slack and Mattermost incoming webhooks), comma-separated. Secrets: set them in "
+        "airflow.cfg or the environment, never as a flag.",
+    ),
+    Key(
+        "alert_webhook_urls_cmd",
+        "str",
+        "",
+        "Instead of alert_webhook_urls: a command whose output is the webhook URLs, "
+        "comma- or line-separated (as Airflow's `_cmd` options).",
+    ),
+    Key(
+        "alert_no_scheduler_after",
+        "float",
+        "120",
+        "Seconds without a running scheduler anywhere in the cluster (outside an upgrade "
+        "hold) before an alert.",
+    ),
+    Key(
+        "alert_restarts_per_hour",
+        "int",
+        "5",
+        "Scheduler restarts on one node within an hour beyond which an alert goes out.",
+    ),
+    Key(
+        "alert_hold_after",
+        "float",
+        "3600",
+        "Seconds an upgrade may hold the cluster before an alert.",
+    ),
+    Key(
+        "alert_min_interval",
+        "float",
+        "300",
+        "Seconds within which an alert like one already sent (same kind, same node) is not "
+        "sent again; the next one says how many were left out.",
+    ),
 )
 
 KEY_NAMES = frozenset(k.name for k in KEYS)
@@ -228,6 +325,21 @@ class Settings:
     api_tls_key_file: str
     api_tls_ca_file: str
     api_tls_verify_client: str
+    alert_email_to: str
+    alert_email_from: str
+    alert_smtp_host: str
+    alert_smtp_port: int
+    alert_smtp_user: str
+    alert_smtp_password_cmd: str
+    alert_smtp_password_secret: str
+    alert_smtp_starttls: str
+    alert_smtp_ssl: str
+    alert_webhook_urls: str
+    alert_webhook_urls_cmd: str
+    alert_no_scheduler_after: float
+    alert_restarts_per_hour: int
+    alert_hold_after: float
+    alert_min_interval: float
     airflow_home: str
     airflow_cfg: str
 
@@ -354,6 +466,11 @@ def timing_problems(values: dict[str, Any]) -> list[str]:
         problems.append(
             f"max_restarts: must be a whole number of 1 or more, got {values['max_restarts']}"
         )
+    if values.get("status_log_interval", 0) < 0:
+        problems.append(
+            f"status_log_interval: must be 0 (never) or more seconds, "
+            f"got {values['status_log_interval']}"
+        )
     if values["event_retention"] < 100:
         problems.append(f"event_retention: must be 100 or more, got {values['event_retention']}")
     if problems:
@@ -369,4 +486,61 @@ def timing_problems(values: dict[str, Any]) -> list[str]:
             f"lease_ttl: must be >= 2 * renew_interval + stop_timeout + fence margin "
             f"({budget:g}), got {ttl:g}"
         )
+    return problems
+
+
+def split_list(value: str) -> list[str]:
+    """Items of a comma-, space- or line-separated list, such as addresses or URLs."""
+    return [item for item in value.replace(",", " ").split() if item]
+
+
+def webhook_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook, or None. The URL itself is never echoed: Slack's
+    carry their secret in the path; scheme://host is as much as may be shown."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname}" if parts.hostname else "a URL without a host"
+        return f"{shown}: must be an http:// or https:// URL with a host"
+    return None
+
+
+def alert_problems(values: dict[str, Any], origins: dict[str, str]) -> list[str]:
+    """What is wrong with the alert keys, each named by where its value came from."""
+    problems = []
+    if origins.get("alert_webhook_urls", "").startswith("--"):
+        problems.append(
+            "--alert-webhook-urls: webhook URLs are secrets and the process list shows every "
+            "flag; set them in airflow.cfg [sentinel] alert_webhook_urls or "
+            "AIRFLOW__SENTINEL__ALERT_WEBHOOK_URLS"
+        )
+    else:
+        for number, url in enumerate(split_list(values.get("alert_webhook_urls", "")), 1):
+            problem = webhook_problem(url)
+            if problem:
+                problems.append(f"{origins['alert_webhook_urls']}: webhook {number}: {problem}")
+    for address in split_list(values.get("alert_email_to", "")):
+        if "@" not in address:
+            problems.append(f"{origins['alert_email_to']}: '{address}' is not an email address")
+    pairs = (
+        ("alert_webhook_urls", "alert_webhook_urls_cmd"),
+        ("alert_smtp_password_cmd", "alert_smtp_password_secret"),
+    )
+    for one, other in pairs:
+        if values.get(one) and values.get(other):
+            problems.append(f"{one}, {other}: give one of them only")
+    return problems + _alert_number_problems(values)
+
+
+def _alert_number_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
+    port = values.get("alert_smtp_port")
+    if port is not None and not 0 <= port <= 65535:
+        problems.append(f"alert_smtp_port: must be 1 to 65535 (0: Airflow's), got {port}")
+    for name in ("alert_no_scheduler_after", "alert_hold_after"):
+        if name in values and values[name] <= 0:
+            problems.append(f"{name}: must be a number of seconds greater than 0")
+    if values.get("alert_restarts_per_hour", 1) < 1:
+        problems.append("alert_restarts_per_hour: must be a whole number of 1 or more")
+    if values.get("alert_min_interval", 0) < 0:
+        problems.append("alert_min_interval: must be 0 or more seconds")
     return problems

@@ -69,7 +69,8 @@ class EventLog:
     def emit(
         self, kind: str, detail: str = "", *, epoch: int | None, level: int = logging.INFO
     ) -> None:
-        log.log(level, "%s %s", kind, detail, extra={"epoch": epoch})
+        extra = {"epoch": epoch, "event": kind, "detail": detail}  # own keys in JSON lines
+        log.log(level, "%s %s", kind, detail, extra=extra)
         event = Event(self._node_id, self._service, kind, detail, epoch)
         self._pending.append(event)
         if self.on_event is not None:

@@ -17,13 +17,17 @@ def describe_end(
     failed: bool,
     stop: StopRequest | None,
     now: float,
+    pid: int | None = None,
 ) -> tuple[str, str, int]:
-    """The event kind, its detail and its log level. ``was`` None: a stop we waited for."""
+    """The event kind, its detail and its log level. ``was`` None: a stop we waited for.
+    ``pid``: the scheduler's, when the guard had named it."""
+    who = f"pid {pid} " if pid is not None else ""
     if ended.outcome == "fenced":
-        return ev.SCHEDULER_FENCED, "killed by the guard: lease deadline passed", logging.ERROR
+        why = f"{who}killed by the guard: lease deadline passed"
+        return ev.SCHEDULER_FENCED, why, logging.ERROR
     expected = was is None or was is RunState.STOPPING
     level = logging.INFO if expected else logging.WARNING
-    detail = f"{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
+    detail = f"{who}{ended.outcome} code {ended.code}" + (" (failed start)" if failed else "")
     if expected and stop is not None:
         took = now - stop.at
         if ended.code == -signal.SIGKILL and took >= stop.grace:

@@ -120,7 +120,8 @@ def describe_takeover(lease: Lease, node_id: str) -> str:
     if lease.silent_for is None:
         return f"holds the scheduler lease (taken back or handed over), epoch {lease.epoch}"
     holder = lease.taken_from if lease.taken_from != node_id else f"another {node_id}"
+    # Taken after a silence, the epoch always steps by one (a handover's claim keeps it).
     return (
-        f"took the scheduler lease from {holder} after {lease.silent_for:.1f}s of silence, "
-        f"epoch {lease.epoch}"
+        f"took the scheduler lease from {holder} (its epoch {lease.epoch - 1}) after "
+        f"{lease.silent_for:.1f}s of silence, epoch {lease.epoch}"
     )

@@ -37,8 +37,9 @@ from airflow_sentinel.controller.published import (
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
+from airflow_sentinel.controller.status_line import StatusLine
 from airflow_sentinel.controller.strays import StrayKeeper
-from airflow_sentinel.controller.supervisor import KILL_WAIT, StartGate, Supervisor
+from airflow_sentinel.controller.supervisor import StartGate, Supervisor, cycle_bound
 from airflow_sentinel.errors import MetastoreError, UserError
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore.base import (
@@ -121,6 +122,7 @@ class Controller:
         self.published = Publisher()
         self.events.on_event = self.published.event
         self._reachable = False
+        self.status_line = StatusLine(settings.status_log_interval, clock.now())
         self.api_url: str | None = None  # where this node's API answers, for the registry
         # What must be alike on every master (doctor compares them), for the registry.
         self.fingerprint: str | None = None
@@ -228,6 +230,7 @@ class Controller:
         self.timing = Timing.from_settings(new)
         self.scheduler.argv = new.scheduler_argv  # for the next start
         self.events.retention = new.event_retention
+        self.status_line.interval = new.status_log_interval
         logging.getLogger("airflow_sentinel").setLevel(new.log_level)
         self._emit(ev.RELOADED, ", ".join(changed) or "nothing changed")
         self._tick_now = True
@@ -256,6 +259,7 @@ class Controller:
         if ended is not None:
             self._on_run_ended(ended)
         elif run.scheduler_pid is not None and run.scheduler_pid != self._reported_pid:
+            self.supervisor.pid_named(run.scheduler_pid)
             self._heartbeat()  # the guard has just named the scheduler's pid
 
     def _drain_wake(self) -> None:
@@ -290,7 +294,9 @@ class Controller:
             # backlog gets one operation timeout per cycle, so the next renewal is not late.
             self.events.flush(budget=self.settings.renew_interval)
         self._reachable = reachable
-        self.published.publish(self.view())
+        view = self.view()
+        self.published.publish(view)
+        self.status_line.maybe_log(view, self.store if reachable else None)
 
     def view(self, leaving: bool = False) -> NodeView:
         """This controller as the last cycle left it, for readers outside the loop."""
@@ -319,8 +325,7 @@ class Controller:
             metastore_reachable=self._reachable,
             cycle_at=now,
             cycle_every_s=self.settings.renew_interval,
-            # Each store call is bounded by renew_interval; a stop by stop_timeout + a kill.
-            cycle_bound_s=4 * self.settings.renew_interval + self.settings.stop_timeout + KILL_WAIT,
+            cycle_bound_s=cycle_bound(self.settings),
             leaving=leaving,
         )
 
@@ -382,7 +387,9 @@ class Controller:
         if lease is None:
             return False
         self.role = Role.ACTIVE
-        self._emit(ev.BECAME_ACTIVE, describe_takeover(lease, self.settings.node_id))
+        # A takeover after a silence is a failover: worth a WARNING in the journal.
+        level = logging.INFO if lease.silent_for is None else logging.WARNING
+        self._emit(ev.BECAME_ACTIVE, describe_takeover(lease, self.settings.node_id), level)
         return True
 
     def _become_standby(self) -> None:

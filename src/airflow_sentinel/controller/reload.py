@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from airflow_sentinel.config.settings import Settings
+from airflow_sentinel.config.settings import KEYS, Settings
 
 log = logging.getLogger("airflow_sentinel.controller")
 
@@ -20,6 +20,8 @@ FIXED_ON_RELOAD = (
     "health_check",
     "schema_gate",
     "scheduler_command",
+    "log_format",  # the handler is set up once, at start
+    "scheduler_log",
     "api_address",  # the server, its token and its allowlist are set up at start
     "api_auth",
     "api_token_file",
@@ -30,6 +32,8 @@ FIXED_ON_RELOAD = (
     "api_tls_key_file",
     "api_tls_ca_file",
     "api_tls_verify_client",
+    # The alert channels and their thresholds are built once, at start.
+    *(key.name for key in KEYS if key.name.startswith("alert_")),
 )
 
 

@@ -27,6 +27,14 @@ Emit = Callable[[str, str, int], None]
 
 # Extra seconds, beyond the grace, to wait for a guard to report that everything is dead.
 KILL_WAIT = 10.0
+# What tells a service manager about its main process; the scheduler is not that process.
+SERVICE_MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def cycle_bound(settings: Settings) -> float:
+    """The longest one cycle of the loop may take: each store call is bounded by
+    renew_interval (four of them), a stop by stop_timeout, and a kill by KILL_WAIT."""
+    return 4 * settings.renew_interval + settings.stop_timeout + KILL_WAIT
 
 
 class StartGate(Protocol):
@@ -70,7 +78,7 @@ class Supervisor:
             self.start()
         elif action is Supervision.PROVEN:
             self.scheduler.proven()
-            log.info("scheduler healthy", extra={"epoch": self._leases.epoch})
+            log.info("scheduler%s healthy", self._pid_text(), extra={"epoch": self._leases.epoch})
         elif action is Supervision.FAILED_START:
             self._restart(f"not healthy within {self._settings().start_timeout:g}s")
         elif action is Supervision.HUNG:
@@ -114,12 +122,30 @@ class Supervisor:
 
     def _restart(self, why: str) -> None:
         """Stop the scheduler; its end (an event from the guard) starts the next one."""
-        self._emit(ev.SCHEDULER_RESTARTED, why, logging.WARNING)
+        self._emit(ev.SCHEDULER_RESTARTED, f"{why} (scheduler{self._pid_text()})", logging.WARNING)
         self.scheduler.stop(self._settings().stop_timeout)
+
+    def _pid_text(self) -> str:
+        pid = self.scheduler.view().pid
+        return f" pid {pid}" if pid is not None else ""
+
+    def pid_named(self, pid: int) -> None:
+        """The guard has named the scheduler's pid: the line that ties the two together."""
+        guard = getattr(self.scheduler.run, "guard_pid", None)
+        log.info(
+            "scheduler runs as pid %d (guard pid %s)",
+            pid,
+            guard,
+            extra={"epoch": self._leases.epoch},
+        )
 
     def env(self, settings: Settings) -> dict[str, str]:
         # Airflow needs none of our settings, and the metastore URL may carry a password.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__SENTINEL__")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AIRFLOW__SENTINEL__") and k not in SERVICE_MANAGER_ENV
+        }
         env[MARKER_ENV] = settings.node_id
         env[EPOCH_ENV] = str(self._leases.epoch)
         # Named outright, so that the scheduler's environment (while setproctitle leaves it
@@ -137,23 +163,31 @@ class Supervisor:
         if lease is not None:
             fence_at = self._timing().fence_at(lease.valid_until)
             grace = min(grace, max(0.0, fence_at - self._clock.now()))
+        pid = self.scheduler.view().pid
         ended = self.scheduler.stop_and_wait(grace, grace + KILL_WAIT)
         if ended is None:
-            self._emit(ev.ERROR, "scheduler did not die after SIGKILL", logging.ERROR)
+            self._emit(
+                ev.ERROR, f"scheduler{self._pid_text()} did not die after SIGKILL", logging.ERROR
+            )
             return False
-        self.report_end(ended)
+        self.report_end(ended, pid=pid)
         return True
 
     def ended(self, ended: RunEnded) -> None:
         """The guard reported the end of a run that was not stopped through ``stop``."""
         was = self.scheduler.state
+        pid = self.scheduler.view().pid
         failed = self.scheduler.ended(ended)
-        self.report_end(ended, was, failed)
+        self.report_end(ended, was, failed, pid)
 
     def report_end(
-        self, ended: RunEnded, was: RunState | None = None, failed: bool = False
+        self,
+        ended: RunEnded,
+        was: RunState | None = None,
+        failed: bool = False,
+        pid: int | None = None,
     ) -> None:
         kind, detail, level = describe_end(
-            ended, was, failed, self.scheduler.last_stop, self._clock.now()
+            ended, was, failed, self.scheduler.last_stop, self._clock.now(), pid
         )
         self._emit(kind, detail, level)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from airflow_sentinel.clock import Clock
-from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable
+from airflow_sentinel.errors import MetastoreError, MetastoreUnavailable, UserError
 from airflow_sentinel.metastore.base import Metastore
 from airflow_sentinel.metastore.bounded import open_bounded
 from airflow_sentinel.metastore.urls import ZOOKEEPER, mask
@@ -18,6 +20,11 @@ def open_metastore(
     Every call, opening included, returns within ``op_timeout`` (see bounded.py).
     Raises MetastoreUnavailable, naming the host and never the password, when it cannot.
     """
+    if url.startswith(f"{ZOOKEEPER}://") and importlib.util.find_spec("kazoo") is None:
+        raise UserError(
+            "metastore: zookeeper:// needs the ZooKeeper client, which is not installed: "
+            "pip install 'airflow-sentinel[zookeeper]' into the controller's environment"
+        )
     try:
         store = open_bounded(
             lambda: _backend(url, clock, op_timeout, lease_ttl), op_timeout, mask(url)

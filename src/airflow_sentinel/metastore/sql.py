@@ -65,6 +65,7 @@ node_table = sa.Table(
     sa.Column("instance", sa.String(255), nullable=True),
     sa.Column("cooldown_left", sa.Double, nullable=True),
     sa.Column("api", sa.String(255), nullable=True),
+    sa.Column("fingerprint", sa.Text, nullable=True),  # JSON: what doctor compares
 )
 # Columns added after the first release: ensure_schema adds them to existing tables.
 ADDED_COLUMNS = (
@@ -72,6 +73,7 @@ ADDED_COLUMNS = (
     node_table.c.instance,
     node_table.c.cooldown_left,
     node_table.c.api,
+    node_table.c.fingerprint,
 )
 
 event_table = sa.Table(
@@ -388,6 +390,7 @@ class SqlMetastore(Metastore):
             "instance": report.instance,
             "cooldown_left": report.cooldown_left_s,
             "api": report.api,
+            "fingerprint": report.fingerprint,
             "heartbeat_at": self._now(),
         }
         row = node_table.c
@@ -449,6 +452,7 @@ class SqlMetastore(Metastore):
                 instance=r.instance,
                 cooldown_left_s=r.cooldown_left,
                 api=r.api,
+                fingerprint=r.fingerprint,
                 last_heartbeat_age_s=max(0.0, float(r.age)),
             )
             for r in rows

@@ -168,7 +168,12 @@ def guard_command(
 
 
 class GuardLauncher:
-    """Starts each scheduler run under a guard process in a session of its own."""
+    """Starts each scheduler run under a guard process in a session of its own.
+    ``output``: the file descriptor that gets the scheduler's own output (and the guard's
+    few lines); None: the controller's standard error."""
+
+    def __init__(self, output: int | None = None) -> None:
+        self.output = output
 
     def launch(
         self,
@@ -182,6 +187,7 @@ class GuardLauncher:
             guard_command(argv, fence_at, grace, owner),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self.output,
             bufsize=0,  # each command reaches the guard whole, or fails at once
             env=dict(env),
             start_new_session=True,
