@@ -186,13 +186,10 @@ def test_connection(**flags: Any) -> None:
 @setting_options
 def start(**flags: Any) -> None:
     """Run the controller for this node in the foreground (SIGTERM/SIGINT: stop cleanly)."""
-    from airflow_sentinel.alerts.service import start_alerts
     from airflow_sentinel.controller.health import JobTableProbe
     from airflow_sentinel.controller.loop import Controller
-    from airflow_sentinel.doctor.fingerprint import keep_fingerprint, node_fingerprint
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
-    from airflow_sentinel.systemd import start_notify
 
     given = dict(flags)
     settings = settings_from(flags)
@@ -225,7 +222,25 @@ def start(**flags: Any) -> None:
             reload=lambda: settings_from(dict(given)),
         )
         controller.install_signal_handlers()
-        controller.fingerprint = node_fingerprint(settings)
+        sys.exit(run_with_services(controller, settings, clock, token, output))
+
+
+def run_with_services(
+    controller: Controller, settings: Settings, clock: Clock, token: bytes, output: int | None
+) -> int:
+    """The loop, with what runs beside it: the systemd notifier, the alerts and the
+    fingerprint from before this node is claimed (a conflict at start is alerted too),
+    the API from after; all stopped, and the scheduler's log closed, however it ends."""
+    from airflow_sentinel.alerts.service import start_alerts
+    from airflow_sentinel.doctor.fingerprint import keep_fingerprint
+    from airflow_sentinel.systemd import start_notify
+
+    stops = [
+        start_notify(controller),
+        start_alerts(settings, controller, clock),
+        keep_fingerprint(controller),
+    ]
+    try:
         other = controller.claim_node()
         if other is not None:
             raise NodeIdConflict(
@@ -233,20 +248,17 @@ def start(**flags: Any) -> None:
                 "give each node its own node_id ([sentinel] node_id)"
             )
         api = serve_api(settings, controller, clock, token)
-        stops = [
-            start_notify(controller),
-            start_alerts(settings, controller, clock),
-            keep_fingerprint(controller),
-        ]
         try:
-            code = controller.run()
+            return controller.run()
         finally:
-            for stop in stops:
-                if stop is not None:
-                    stop()
             if api is not None:
                 api.close()
-        sys.exit(code)
+    finally:
+        for stop in stops:
+            if stop is not None:
+                stop()
+        if output is not None:
+            os.close(output)
 
 
 def open_scheduler_log(settings: Settings, airflow_cfg: AirflowConfig) -> int | None:
@@ -600,10 +612,13 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except MetastoreError as exc:  # before UserError: an unreachable store is not a mistake
+        click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
+        sys.exit(1)
     except UserError as exc:
         click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
-    except (MetastoreError, SentinelError) as exc:
+    except SentinelError as exc:
         click.echo(f"airflow-sentinel: error: {one_line(str(exc))}", err=True)
         sys.exit(1)
     except OSError as exc:  # the environment, not the user: a full disk, a missing folder

@@ -1,4 +1,6 @@
-"""One exception root. `UserError` subclasses end as one line on stderr and exit code 2."""
+"""One exception root. `UserError` subclasses end as one line on stderr and exit code 2;
+`MetastoreError` ones (a store that cannot be reached is the environment, not a mistake
+in the command) as one line and exit code 1, which a service manager restarts."""
 
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ class MetastoreError(SentinelError):
 class MetastoreUnavailable(MetastoreError, UserError):
     """Raised at start-up or by a command when the metastore cannot be reached.
 
-    The message names the host and never the password.
+    The message names the host and never the password. It ends with exit code 1: a
+    metastore that is down at boot comes back, and systemd restarts a controller that
+    exited 1 (not one that exited 2).
     """
 
 

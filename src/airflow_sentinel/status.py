@@ -23,6 +23,8 @@ from airflow_sentinel.metastore.base import (
 )
 
 SCHEMA_VERSION = 1  # additions keep the version; a change or removal bumps it
+# Not in status: the age is rounded below, and the fingerprint (hosts, paths) is doctor's.
+NOT_IN_STATUS = frozenset({"last_heartbeat_age_s", "fingerprint"})
 BECAME_ACTIVE = "became_active"
 # Events read for the last failover: enough to reach back past a busy hour.
 RECENT_EVENTS = 200
@@ -74,7 +76,7 @@ class ClusterState:
             "last_failover": _event_json(self.last_takeover),
             "nodes": [
                 {
-                    **{k: v for k, v in asdict(n).items() if k != "last_heartbeat_age_s"},
+                    **{k: v for k, v in asdict(n).items() if k not in NOT_IN_STATUS},
                     "alive": self.alive(n),
                     "last_heartbeat_age_s": _round(n.last_heartbeat_age_s),
                 }

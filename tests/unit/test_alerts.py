@@ -270,6 +270,27 @@ def test_a_node_that_becomes_the_sender_knows_how_long_the_condition_lasted(
     assert back.kind == m.RESOLVED
 
 
+def test_a_node_that_cannot_reach_the_metastore_says_so_itself_and_when_it_can_again(
+    alert_settings: Settings,
+) -> None:
+    clock = FakeClock()
+    standby = AlertDesk(replace(alert_settings, node_id="b"), clock)  # not the sender
+    assert standby.on_reach(False, "metastore db1: connection refused") == []
+    clock.advance(59)
+    assert standby.on_reach(False, "not connected") == []
+    clock.advance(1)
+    [down] = standby.on_reach(False, "metastore db1: connection refused")
+    assert down.kind == m.METASTORE_UNREACHABLE and down.node_id == "b"
+    assert down.summary.startswith("b cannot reach the metastore for 60s")
+    assert ("reason", "metastore db1: connection refused") in down.facts
+    clock.advance(30)
+    assert standby.on_reach(False) == []  # said once
+    [back] = standby.on_reach(True)
+    assert back.kind == m.RESOLVED
+    assert back.summary == "resolved: b reaches the metastore again after 90s"
+    assert standby.on_reach(True) == []
+
+
 def test_alike_node_alerts_are_deduplicated_by_the_desk(alert_settings: Settings) -> None:
     clock = FakeClock()
     desk = AlertDesk(alert_settings, clock)
@@ -397,3 +418,23 @@ def test_the_webhook_body_has_a_slack_text_and_the_facts_for_tools() -> None:
     assert body["airflow_sentinel"]["kind"] == "failover"
     assert body["airflow_sentinel"]["sender"] == "a"
     json.dumps(body)  # serialisable as it is
+
+
+def test_a_summary_with_a_line_break_still_makes_a_one_line_subject() -> None:
+    alert = Alert(m.STRAY, m.WARNING, "stray on a:\nline two", "a", 7, 1_700_000_000.0)
+    message = email_message(alert, "a", "from@example.com", ["to@example.com"])
+    assert message["Subject"] == "[airflow-sentinel] WARNING: stray on a: line two"
+
+
+def test_a_channel_that_raises_something_unexpected_is_retried_not_killed() -> None:
+    class Broken:
+        name = "webhook https://example.com"
+
+        def send(self, alert: Alert, sender: str) -> None:
+            raise UnicodeEncodeError("ascii", "é", 0, 1, "no")
+
+    clock = FakeClock()
+    delivery = Delivery(Broken(), "a", clock.now, Backoff(first=5, cap=300, attempts=3))
+    delivery.offer(an_alert())
+    assert delivery.send_due() == 0
+    assert delivery.waiting() == 1  # kept for its next try

@@ -148,7 +148,9 @@ def test_given_node_id_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load(tmp_path).node_id == "master-2"
 
 
-@pytest.mark.parametrize("node_id", ["a/b", "../../etc/x", ".", "..", "n" * 256])
+@pytest.mark.parametrize(
+    "node_id", ["a/b", "../../etc/x", ".", "..", "n" * 256, "a\nWatchdogSec=1", "a\tb"]
+)
 def test_node_id_that_cannot_name_a_node_is_refused(tmp_path: Path, node_id: str) -> None:
     [problem] = problems_of(tmp_path, flags={"node_id": node_id})
     assert problem.startswith("--node-id:")

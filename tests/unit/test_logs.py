@@ -9,9 +9,12 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from airflow_sentinel.api.metrics import exit_outcome
+from airflow_sentinel.config.airflow_cfg import load_airflow_config
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.lease_keeper import describe_takeover
@@ -90,6 +93,8 @@ def test_the_takeover_line_names_the_old_holder_its_epoch_and_the_silence() -> N
 def test_the_end_of_a_scheduler_names_its_pid() -> None:
     kind, detail, _ = describe_end(RunEnded("exited", 1), RunState.RUNNING, False, None, 0, 4242)
     assert (kind, detail) == (ev.SCHEDULER_EXITED, "pid 4242 exited code 1")
+    assert exit_outcome(detail) == "exited"  # the metrics' label reads past the pid
+    assert exit_outcome("lost code None") == "lost"
     kind, detail, _ = describe_end(RunEnded("fenced"), RunState.RUNNING, False, None, 0, 4242)
     assert kind == ev.SCHEDULER_FENCED and detail.startswith("pid 4242 killed by the guard")
 
@@ -125,3 +130,21 @@ def test_the_status_line_is_due_once_per_interval_and_never_at_zero() -> None:
     assert not line.due(1300.5)
     assert line.due(1600.0)
     assert not StatusLine(0, now=0.0).due(10_000.0)
+
+
+@pytest.mark.parametrize(
+    ("written", "found"),
+    [
+        (None, "logs"),
+        ("$AIRFLOW_HOME/logs", "logs"),
+        ("${AIRFLOW_HOME}/other", "other"),
+        ("{AIRFLOW_HOME}/placeholder", "placeholder"),
+    ],
+)
+def test_the_scheduler_log_goes_to_airflows_log_folder_as_airflow_finds_it(
+    tmp_path: Path, written: str | None, found: str
+) -> None:
+    """The default of scheduler_log: Airflow's base_log_folder, with the home filled in."""
+    if written is not None:
+        (tmp_path / "airflow.cfg").write_text(f"[logging]\nbase_log_folder = {written}\n")
+    assert load_airflow_config(tmp_path, {}).base_log_folder() == tmp_path / found

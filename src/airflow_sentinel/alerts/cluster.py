@@ -64,6 +64,54 @@ class Condition:
         return 0.0 if self.since is None else now - self.since
 
 
+class ReachWatch:
+    """This node cannot read the metastore: then no node may lead for long (an active one
+    that cannot renew stops its scheduler), and no node can tell the others. Each node
+    that cannot reach it says so itself, once it has lasted ``after`` seconds: nodes that
+    cannot reach the store cannot agree on a sender."""
+
+    def __init__(self, node_id: str, after: float) -> None:
+        self.node_id = node_id
+        self.condition = Condition(after)
+
+    def observe(self, reachable: bool, why: str, now: float, wall: float) -> list[m.Alert]:
+        lasted = self.condition.lasted(now)
+        change = self.condition.observe(not reachable, now)
+        if change == "fire":
+            return [self._unreachable(why, now, wall)]
+        if change == "resolve":
+            return [self._reachable(lasted, wall)]
+        return []
+
+    def _unreachable(self, why: str, now: float, wall: float) -> m.Alert:
+        lasted = self.condition.lasted(now)
+        return m.Alert(
+            m.METASTORE_UNREACHABLE,
+            m.CRITICAL,
+            f"{self.node_id} cannot reach the metastore for {lasted:.0f}s: no node can lead "
+            "while it lasts for them all",
+            self.node_id,
+            None,
+            wall,
+            (
+                ("reason", why or "unknown"),
+                ("threshold", f"alert_no_scheduler_after = {self.condition.after:g}s"),
+                ("see", "airflow-sentinel test-connection"),
+            ),
+        )
+
+    def _reachable(self, lasted: float, wall: float) -> m.Alert:
+        return m.Alert(
+            m.RESOLVED,
+            m.INFO,
+            f"resolved: {self.node_id} reaches the metastore again after {lasted:.0f}s",
+            self.node_id,
+            None,
+            wall,
+            topic=m.METASTORE_UNREACHABLE,
+        )
+
+
 class ClusterWatch:
     def __init__(self, no_scheduler_after: float, hold_after: float) -> None:
         self.no_scheduler = Condition(no_scheduler_after)

@@ -128,6 +128,10 @@ class Delivery:
         except SendError as exc:
             self._failed(item, str(exc))
             return 0
+        except Exception as exc:  # a channel's surprise must not end its thread
+            # Only the type: an unexpected message may hold what it was sending.
+            self._failed(item, f"unexpected {type(exc).__name__}")
+            return 0
         self.sent += 1
         log.info("alert sent (%s): %s", self.channel.name, item.alert.summary)
         return 1

@@ -147,8 +147,12 @@ class SmtpChannel:
         if not self.smtp.user or self.smtp.password is None:
             return  # as Airflow: no login without both
         if self._password is None:
-            self._password = self.smtp.password()
-        server.login(self.smtp.user, self._password)
+            self._password = self.smtp.password().strip()  # a command's output ends in \n
+        try:
+            server.login(self.smtp.user, self._password)
+        except smtplib.SMTPAuthenticationError:
+            self._password = None  # a rotated password: ask for it again at the next try
+            raise
 
 
 def _context(verify: bool) -> ssl.SSLContext:

@@ -20,6 +20,7 @@ STRAY = "stray"
 INSTANCE_CONFLICT = "instance_conflict"
 SCHEMA_REFUSED = "schema_refused"
 HOLD_TOO_LONG = "hold_too_long"
+METASTORE_UNREACHABLE = "metastore_unreachable"
 RESOLVED = "resolved"
 TEST = "test"
 
@@ -71,7 +72,8 @@ def body_lines(alert: Alert, sender: str) -> list[str]:
 
 
 def subject(alert: Alert) -> str:
-    return f"[{PRODUCT}] {alert.severity.upper()}: {alert.summary}"
+    """One line whatever the summary holds: a line break in a header is refused."""
+    return " ".join(f"[{PRODUCT}] {alert.severity.upper()}: {alert.summary}".split())
 
 
 def email_message(alert: Alert, sender: str, mail_from: str, to: list[str]) -> EmailMessage:

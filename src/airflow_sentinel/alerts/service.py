@@ -17,6 +17,7 @@ with retries and backoff, so that a dead or hanging server delays only its own c
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from airflow_sentinel.alerts.channels import Source, configured, sources
-from airflow_sentinel.alerts.cluster import ClusterFacts, ClusterWatch
+from airflow_sentinel.alerts.cluster import ClusterFacts, ClusterWatch, ReachWatch
 from airflow_sentinel.alerts.delivery import DEFAULT_BACKOFF, Backoff, ChannelWorker, Delivery
 from airflow_sentinel.alerts.limiter import Limiter
 from airflow_sentinel.alerts.model import Alert
@@ -57,6 +58,7 @@ class AlertDesk:
         self.clock = clock
         self.rules = EventRules(settings.node_id, settings.alert_restarts_per_hour)
         self.watch = ClusterWatch(settings.alert_no_scheduler_after, settings.alert_hold_after)
+        self.reach = ReachWatch(settings.node_id, settings.alert_no_scheduler_after)
         self.limiter = Limiter(settings.alert_min_interval)
 
     def on_event(self, event: Event) -> list[Alert]:
@@ -68,6 +70,11 @@ class AlertDesk:
         condition has lasted); only the sender sends."""
         alerts = self.watch.observe(facts, self.clock.now(), self.clock.wall())
         return self._admit(alerts) if facts.sender == self.node_id else []
+
+    def on_reach(self, reachable: bool, why: str = "") -> list[Alert]:
+        """Whether this node could read the cluster: its own alert, sent by itself."""
+        alerts = self.reach.observe(reachable, why, self.clock.now(), self.clock.wall())
+        return self._admit(alerts)
 
     def _admit(self, alerts: list[Alert]) -> list[Alert]:
         admitted = []
@@ -93,6 +100,7 @@ class ClusterReader:
         self._store: Metastore | None = None
         self._next_try = 0.0
         self._failing = False
+        self.last_error = ""  # why the last read failed
 
     def read(self) -> ClusterFacts | None:
         """The cluster now, or None while the metastore cannot be read (said once)."""
@@ -103,6 +111,7 @@ class ClusterReader:
             if not self._failing:
                 log.warning("alerts: cannot read the cluster (%s); its alerts wait", exc)
             self._failing = True
+            self.last_error = str(exc)
             return None
         if self._failing:
             log.info("alerts: the cluster can be read again")
@@ -113,7 +122,7 @@ class ClusterReader:
         if self._store is not None:
             return self._store
         if self._clock.now() < self._next_try:
-            raise MetastoreError("not connected")
+            raise MetastoreError(self.last_error or "not connected")
         self._next_try = self._clock.now() + REOPEN_EVERY
         self._store = self._open()
         return self._store
@@ -170,7 +179,7 @@ class AlertService:
 
     # -- this service's thread ------------------------------------------------------------
     def _run(self) -> None:
-        self._build_channels()
+        self._guarded(self._build_channels)
         next_poll = self.clock.now()
         while True:
             timeout = max(0.0, next_poll - self.clock.now())
@@ -179,13 +188,25 @@ class AlertService:
             except queue.Empty:
                 event = None
             if event is not None:
-                self._dispatch(self.desk.on_event(event))
+                self._guarded(functools.partial(self._decide, event))
             if self._stopping:
-                self._drain()
+                self._guarded(self._drain)
                 return
             if self.clock.now() >= next_poll:
                 next_poll = self.clock.now() + self.poll_every
-                self._poll()
+                self._guarded(self._poll)
+
+    @staticmethod
+    def _guarded(step: Callable[[], None]) -> None:
+        """One step of this thread; a bug in it is logged and the next step runs: alerts
+        that stop for good because of one bad event would be worse than one lost alert."""
+        try:
+            step()
+        except Exception:
+            log.exception("alerts: a step failed; the alerts go on")
+
+    def _decide(self, event: Event) -> None:
+        self._dispatch(self.desk.on_event(event))
 
     def _drain(self) -> None:
         while True:
@@ -205,6 +226,7 @@ class AlertService:
             )
             self.dropped = 0
         facts = self.reader.read()
+        self._dispatch(self.desk.on_reach(facts is not None, self.reader.last_error))
         if facts is not None:
             self._dispatch(self.desk.on_cluster(facts))
 

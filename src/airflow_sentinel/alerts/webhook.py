@@ -17,7 +17,10 @@ TIMEOUT = 10.0
 
 def shown(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # refused by the settings' check; never a reason to fail here
+        port = ""
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 

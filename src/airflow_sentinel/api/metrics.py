@@ -35,7 +35,8 @@ def restart_reason(detail: str) -> str:
 
 
 def exit_outcome(detail: str) -> str:
-    match = re.match(r"([a-z]+) ", detail)
+    """The first word of an exit's detail ("exited", "lost"), after the pid if it has one."""
+    match = re.match(r"(?:pid \d+ )?([a-z]+) ", detail)
     return match.group(1) if match else "other"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -15,6 +16,9 @@ from airflow_sentinel.config.settings import KEYS
 from airflow_sentinel.errors import ConfigError, UserError
 
 SECTION = "sentinel"
+
+
+HOME_REFERENCE = re.compile(r"\$\{AIRFLOW_HOME\}|\$AIRFLOW_HOME\b|\{AIRFLOW_HOME\}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class AirflowConfig:
         )
         if not value:
             return self.home / "logs"
-        return Path(value.replace("{AIRFLOW_HOME}", str(self.home))).expanduser()
+        # As Airflow expands option values; $AIRFLOW_HOME/logs is the usual one.
+        value = HOME_REFERENCE.sub(lambda _: str(self.home), value)
+        return Path(os.path.expandvars(value)).expanduser()
 
     def sentinel_items(self) -> dict[str, str]:
         if not self.parser.has_section(SECTION):

@@ -123,6 +123,9 @@ def _node_id_problem(node_id: str) -> str | None:
         return f"'{node_id}' must not contain '/' nor be '.' or '..'"
     if len(node_id) > NODE_ID_MAX_LENGTH:
         return f"must be at most {NODE_ID_MAX_LENGTH} characters, got {len(node_id)}"
+    if any(not ch.isprintable() for ch in node_id):
+        # It goes into log lines, a unit file, headers: a line break there would forge one.
+        return f"{node_id!r} must not contain control characters (line breaks, tabs)"
     return None
 
 

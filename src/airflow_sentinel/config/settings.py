@@ -501,6 +501,10 @@ def webhook_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = f"{parts.scheme}://{parts.hostname}" if parts.hostname else "a URL without a host"
         return f"{shown}: must be an http:// or https:// URL with a host"
+    try:
+        _ = parts.port  # a port that is not a number, or out of range
+    except ValueError:
+        return f"{parts.scheme}://{parts.hostname}: its port must be a number from 1 to 65535"
     return None
 
 

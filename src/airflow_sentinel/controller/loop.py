@@ -113,6 +113,7 @@ class Controller:
         self._stop_requested = False
         self._stop_signal: str | None = None
         self._signals_installed = False
+        self._ready = False  # the first cycle has run (READY told)
         self._tick_now = True
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -172,7 +173,6 @@ class Controller:
         self._emit(ev.CONTROLLER_STARTED, f"version {__version__} on {self.host}")
         self._handle_strays()
         next_tick = self.clock.now()
-        ready = False
         while not self._stop_requested:
             if self._reload_requested:
                 self._reload_settings()
@@ -180,8 +180,8 @@ class Controller:
                 self._tick_now = False
                 self.tick()
                 next_tick = self.clock.now() + self.settings.renew_interval
-                if not ready:
-                    ready = True
+                if not self._ready:
+                    self._ready = True
                     self.published.lifecycle(READY)
             self._wait(self._wake_time(next_tick))
         if self._stop_signal is not None:
@@ -216,14 +216,14 @@ class Controller:
         self._reload_requested = False
         if self._reload is None:
             return
-        self.published.lifecycle(RELOADING)
+        self._lifecycle_if_ready(RELOADING)
         try:
             new = self._reload()
         except UserError as exc:
             log.error(  # noqa: TRY400 - a user mistake: one line, no traceback
                 "reload refused, settings unchanged: %s", exc, extra={"epoch": self.epoch}
             )
-            self.published.lifecycle(READY)
+            self._lifecycle_if_ready(READY)
             return
         new, changed = merge_reload(self.settings, new)
         self.settings = new
@@ -234,7 +234,12 @@ class Controller:
         logging.getLogger("airflow_sentinel").setLevel(new.log_level)
         self._emit(ev.RELOADED, ", ".join(changed) or "nothing changed")
         self._tick_now = True
-        self.published.lifecycle(READY)
+        self._lifecycle_if_ready(READY)
+
+    def _lifecycle_if_ready(self, state: str) -> None:
+        """A reload before the first cycle is part of the start: READY comes after it."""
+        if self._ready:
+            self.published.lifecycle(state)
 
     def _wake_time(self, next_tick: float) -> float:
         stopper_due = self.strays.next_deadline()  # a stray's SIGKILL, or a look at its end

@@ -30,7 +30,9 @@ class StatusLine:
 
     def maybe_log(self, view: NodeView, store: Metastore | None) -> None:
         """Log the line when due. A standby reads the lease for it, minutes apart; ``store``
-        None: it did not answer this cycle, so it is not asked again."""
+        None: it did not answer this cycle, so it is not asked again. That read stays within
+        the cycle's bound (four store calls, a stop and a kill): a standby stops no
+        scheduler, and the read is bounded by the store's operation timeout."""
         if not self.due(view.cycle_at):
             return
         lease = None

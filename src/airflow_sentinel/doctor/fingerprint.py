@@ -112,7 +112,7 @@ REFRESH_EVERY = 600.0
 
 
 class FingerprintKeeper:
-    """Keeps a running controller's fingerprint current: taken again every
+    """Keeps a running controller's fingerprint current: taken at start, again every
     REFRESH_EVERY seconds and at once after a reload, on a thread of its own (a large DAG
     folder takes seconds to hash; the loop must not wait for it). The heartbeat sends
     whatever the last one was."""
@@ -132,7 +132,7 @@ class FingerprintKeeper:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=1)  # a daemon: a hash under way need not be waited for
 
     def _on_lifecycle(self, state: str) -> None:
         if state != READY:
@@ -142,14 +142,21 @@ class FingerprintKeeper:
         self._ready_seen = True
 
     def _run(self) -> None:
-        while True:
+        # The first at once (the registry shows none until then: a hung DAG folder on NFS
+        # must not hold up the start), then on each wake-up.
+        while not self._stopped:
+            self._take()
             self._wake.wait(self._every)
             self._wake.clear()
-            if self._stopped:
-                return
+
+    def _take(self) -> None:
+        try:
             taken = node_fingerprint(self._controller.settings)
-            if taken is not None:
-                self._controller.fingerprint = taken
+        except Exception:  # a bug here must not end the refreshes, nor reach the loop
+            log.exception("no fingerprint for doctor")
+            return
+        if taken is not None:
+            self._controller.fingerprint = taken
 
 
 def keep_fingerprint(controller: Controller) -> Callable[[], None]:

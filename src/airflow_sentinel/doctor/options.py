@@ -96,7 +96,7 @@ def sql_identity(url: str) -> Any:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return {"error": "not a database URL", **fingerprint_text("value", url)}
+        return {"error": "not a database URL"}  # no hash: the text may hold a password
     dialect = DRIVER_MAP.get(parsed.drivername, parsed.drivername).split("+")[0]
     if dialect == "sqlite":
         return f"sqlite:///{parsed.database or ''}"
