@@ -337,3 +337,30 @@ def reported_since(cluster: Cluster, nodes: list[str], since: float) -> bool:
     found = cluster.nodes()
     now = time.monotonic()
     return all(n in found and found[n].last_heartbeat_age_s < now - since for n in nodes)
+
+
+def test_a_controller_refused_at_start_for_a_node_id_in_use_alerts_before_it_exits(
+    tmp_path: Path, smtp: SmtpServer, receiver: Receiver
+) -> None:
+    """A cloned VM starts a second controller under a node_id in use: it is refused
+    (exit 2), and the operator hears of it from the refused one."""
+    with running_cluster(tmp_path, f"sqlite:///{tmp_path / 'metastore.db'}") as cluster:
+        configure_alerts(cluster, smtp, receiver)
+        cluster.start("a")
+        cluster.wait_for_one_scheduler(on="a", timeout=30)
+        twin_home = tmp_path / "clone-home"  # its own lock file: only the registry can tell
+        twin_home.mkdir()
+        twin = subprocess.run(
+            [sys.executable, "-m", "airflow_sentinel", "start", "--node-id", "a"],
+            env={**cluster.env("a"), "AIRFLOW_HOME": str(twin_home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert twin.returncode == 2, twin.stderr
+        assert "node_id 'a' is in use by a live controller" in twin.stderr
+        [post] = wait_until(receiver.received, 20, "the conflict's webhook")
+        data = post.json["airflow_sentinel"]
+        assert (data["kind"], data["sender"]) == ("instance_conflict", "a")
+        assert cluster.running_on() == ["a"]  # the first one never stopped
