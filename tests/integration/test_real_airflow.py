@@ -31,6 +31,7 @@ from airflow_sentinel.config import load_settings
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.soak.servers import free_port
 from tests.support.cluster import Cluster, running_cluster, wait_until
+from tests.support.notify_socket import NotifySocket, notify_socket
 
 AIRFLOW_VERSIONS = (os.environ.get("SENTINEL_TEST_AIRFLOW_VERSION", "3.3.2"), "2.10.5")
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
@@ -185,7 +186,10 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
     cluster = airflow_cluster
     home = cluster.root / "home"
     command = scheduler_command(airflow_venv)
-    with MaxConcurrent() as sampler:
+    with notify_socket() as notify, MaxConcurrent() as sampler:
+        notify.start()
+        # As systemd runs it (Type=notify, a watchdog): only the controllers may speak.
+        cluster.extra_env |= {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "60000000"}
         began = datetime.now(timezone.utc)
         cluster.start("a", command=command)
         wait_until(lambda: cluster.active() == "a", 60, "a to become active")
@@ -232,7 +236,26 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         _, alive = psutil.wait_procs([third, *workers], timeout=5)
         assert alive == []
         assert airflow_schedulers() == []
+        assert_told_apart(cluster, notify, first.pid)
     assert sampler.maximum == 1
+
+
+def assert_told_apart(cluster: Cluster, notify: NotifySocket, first_pid: int) -> None:
+    """The scheduler's own output in its file, our lines with its pid in ours, and the
+    notify socket spoken to by the controllers only (never gunicorn or the scheduler)."""
+    output = (cluster.root / "home" / "logs" / "sentinel-scheduler.log").read_text()
+    assert "Starting the scheduler" in output
+    a_log = (cluster.root / "a.log").read_text()
+    assert "Starting the scheduler" not in a_log
+    assert f"scheduler runs as pid {first_pid} (guard pid " in a_log
+    assert f"scheduler pid {first_pid} healthy" in a_log
+    messages = notify.snapshot()
+    controllers = {cluster.pid_of("a"), cluster.pid_of("b")}
+    assert {m.pid for m in messages} == controllers
+    for pid in controllers:
+        assert any(m.pid == pid and m.has("READY=1") for m in messages)
+        assert any(m.pid == pid and m.has("WATCHDOG=1") for m in messages)
+    assert any(m.has(f"STATUS=active, epoch 1, scheduler pid {first_pid}") for m in messages)
 
 
 SECRETS_BACKEND = """

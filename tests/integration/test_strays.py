@@ -386,10 +386,9 @@ def test_a_hung_scheduler_is_restarted_while_other_schedulers_heartbeat_in_its_d
             began = datetime.now(timezone.utc)
             cluster.start("a", command=ours.scheduler_command)
             [scheduler] = wait_until(lambda: guarded_schedulers(ours.home), 90, "our scheduler")
+            healthy = f"scheduler pid {scheduler.pid} healthy"
             wait_until(
-                lambda: "scheduler healthy" in (cluster.root / "a.log").read_text(),
-                120,
-                "its first heartbeat",
+                lambda: healthy in (cluster.root / "a.log").read_text(), 120, "its first heartbeat"
             )
             # Rows that must not count: a scheduler on another host, started after ours,
             # and a leftover of this host; both with heartbeats that stay fresh.
