@@ -38,7 +38,9 @@ pytestmark = pytest.mark.slow
 
 WALL = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 FAST_RETRY = Backoff(first=0.2, cap=0.5, attempts=4)
-DRAFTS = Path("/tmp/drafts")
+# The email and the webhook body as received, kept for people to read (like the upgrade
+# tests' timings): SENTINEL_TEST_SAMPLES names the folder.
+SAMPLES = Path(os.environ.get("SENTINEL_TEST_SAMPLES", "/tmp/airflow-sentinel-test-samples"))
 FAILOVER_DETAIL = "took the scheduler lease from a (its epoch 6) after 15.1s of silence, epoch 7"
 
 
@@ -314,9 +316,9 @@ def test_killing_the_active_controller_sends_one_failover_alert_from_the_new_act
     data = post.json["airflow_sentinel"]
     assert (data["kind"], data["sender"], data["epoch"]) == ("failover", second, epoch + 1)
     assert post.json["text"].startswith("*[airflow-sentinel] CRITICAL: failover:")
-    DRAFTS.mkdir(parents=True, exist_ok=True)
-    (DRAFTS / "alert-email.txt").write_bytes(mail.raw)
-    (DRAFTS / "alert-webhook.json").write_text(json.dumps(post.json, indent=2) + "\n")
+    SAMPLES.mkdir(parents=True, exist_ok=True)
+    (SAMPLES / "alert-email.txt").write_bytes(mail.raw)
+    (SAMPLES / "alert-webhook.json").write_text(json.dumps(post.json, indent=2) + "\n")
 
 
 def configure_alerts(cluster: Cluster, smtp: SmtpServer, receiver: Receiver) -> None:

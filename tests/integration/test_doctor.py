@@ -8,6 +8,7 @@ starts a scheduler: doctor only needs their registry rows.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,9 @@ from tests.support.cluster import Cluster, running_cluster, wait_until
 pytestmark = pytest.mark.slow
 
 NODES = ("node-a", "node-b", "node-c")
-REPORT = Path("/tmp/drafts/doctor-report.txt")
+# The report as printed, kept for people to read: SENTINEL_TEST_SAMPLES names the folder.
+SAMPLES = Path(os.environ.get("SENTINEL_TEST_SAMPLES", "/tmp/airflow-sentinel-test-samples"))
+REPORT = SAMPLES / "doctor-report.txt"
 # Airflow's own database: the test server, with a password that must never be shown.
 AIRFLOW_DB = sa.make_url(POSTGRES_URL).set(password="s3cret-pw")
 DRIFTED_DB = AIRFLOW_DB.set(host="127.0.0.2")
