@@ -18,7 +18,17 @@ from airflow_sentinel.errors import ConfigError, UserError
 SECTION = "sentinel"
 
 
-HOME_REFERENCE = re.compile(r"\$\{AIRFLOW_HOME\}|\$AIRFLOW_HOME\b|\{AIRFLOW_HOME\}")
+ENV_REFERENCE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def expand_option(text: str, environ: Mapping[str, str]) -> str:
+    """As Airflow expands option values: ``~`` and ``$VAR`` (unknown ones stay)."""
+    expanded = ENV_REFERENCE.sub(
+        lambda m: environ.get(m.group(1) or m.group(2), m.group(0)), text.strip()
+    )
+    if expanded.startswith("~"):
+        expanded = str(Path(expanded).expanduser())
+    return expanded
 
 
 @dataclass(frozen=True)
@@ -57,9 +67,10 @@ class AirflowConfig:
         )
         if not value:
             return self.home / "logs"
-        # As Airflow expands option values; $AIRFLOW_HOME/logs is the usual one.
-        value = HOME_REFERENCE.sub(lambda _: str(self.home), value)
-        return Path(os.path.expandvars(value)).expanduser()
+        home = str(self.home)  # $AIRFLOW_HOME/logs is the usual value
+        environ = {**self.environ, "AIRFLOW_HOME": home}
+        # $VARS first: the bare {AIRFLOW_HOME} placeholder is also inside ${AIRFLOW_HOME}.
+        return Path(expand_option(value, environ).replace("{AIRFLOW_HOME}", home))
 
     def sentinel_items(self) -> dict[str, str]:
         if not self.parser.has_section(SECTION):

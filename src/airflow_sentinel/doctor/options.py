@@ -4,8 +4,6 @@ and stripped of secrets."""
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from airflow_sentinel.config.airflow_cfg import AirflowConfig
+from airflow_sentinel.config.airflow_cfg import AirflowConfig, expand_option
 from airflow_sentinel.errors import UserError
 from airflow_sentinel.metastore.urls import DRIVER_MAP
 
@@ -47,25 +45,12 @@ def raw_option(config: AirflowConfig, section: str, key: str) -> RawOption:
     return RawOption("value", None)
 
 
-ENV_REFERENCE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
-
-
-def expand(text: str, environ: Mapping[str, str]) -> str:
-    """As Airflow expands option values: ``~`` and ``$VAR`` (unknown ones stay)."""
-    expanded = ENV_REFERENCE.sub(
-        lambda m: environ.get(m.group(1) or m.group(2), m.group(0)), text.strip()
-    )
-    if expanded.startswith("~"):
-        expanded = str(Path(expanded).expanduser())
-    return expanded
-
-
 def plain_option(config: AirflowConfig, section: str, key: str) -> str | None:
     """A plain option's expanded value, or None when unset (no _cmd form for these)."""
     option = raw_option(config, section, key)
     if option.text is None or option.kind != "value":
         return None
-    return expand(option.text, config.environ)
+    return expand_option(option.text, config.environ)
 
 
 def folder_option(config: AirflowConfig, key: str, default: str) -> Path:
@@ -115,7 +100,7 @@ def secretless_option(config: AirflowConfig, section: str, key: str) -> Any:
         return UNSET
     if option.kind != "value":
         return fingerprint_text(option.kind, option.text)
-    return secretless_url(expand(option.text, config.environ))
+    return secretless_url(expand_option(option.text, config.environ))
 
 
 def secretless_url(value: str) -> Any:
