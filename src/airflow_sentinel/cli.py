@@ -122,6 +122,7 @@ class LazyGroup(click.Group):
     lazy: ClassVar[dict[str, str]] = {
         "alert": "airflow_sentinel.alerts.command:alert",
         "doctor": "airflow_sentinel.doctor.command:doctor",
+        "fence": "airflow_sentinel.fence.command:fence",
         "soak": "airflow_sentinel.soak.command:soak",
         "systemd-unit": "airflow_sentinel.systemd:systemd_unit",
         "upgrade": "airflow_sentinel.upgrade.command:upgrade",
@@ -188,6 +189,7 @@ def start(**flags: Any) -> None:
     """Run the controller for this node in the foreground (SIGTERM/SIGINT: stop cleanly)."""
     from airflow_sentinel.controller.health import JobTableProbe
     from airflow_sentinel.controller.loop import Controller
+    from airflow_sentinel.fence.command import install_at_start
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
 
@@ -209,6 +211,7 @@ def start(**flags: Any) -> None:
         if settings.health_check == "heartbeat":
             probe = JobTableProbe(airflow_db, settings.renew_interval)
         gate = schema_gate(settings, airflow_db)
+        db_fence = install_at_start(settings, airflow_db)
         clock = SystemClock()
         controller = Controller(
             settings,
@@ -220,6 +223,7 @@ def start(**flags: Any) -> None:
             start_gate=gate,
             instance=instance,
             reload=lambda: settings_from(dict(given)),
+            fence=db_fence,
         )
         controller.install_signal_handlers()
         sys.exit(run_with_services(controller, settings, clock, token, output))

@@ -48,9 +48,10 @@ def test_the_unit_runs_this_venvs_command_as_a_notify_service_with_a_watchdog(
         "User=airflow",
         f"WorkingDirectory={settings.airflow_home}",
         f"Environment=AIRFLOW_HOME={settings.airflow_home}",
-        "WatchdogSec=45",  # renew_interval 3, stop_timeout 5: silent for up to 30 s
+        # renew_interval 3, stop_timeout 5, the fence's raise: silent for up to 40 s
+        "WatchdogSec=60",
         "KillMode=mixed",
-        "TimeoutStopSec=61",
+        "TimeoutStopSec=71",
         "Restart=on-failure",
         "RestartPreventExitStatus=2",
         "WantedBy=multi-user.target",
@@ -68,8 +69,11 @@ def test_every_non_obvious_line_has_a_comment_above_it(settings: Settings) -> No
 def test_the_watchdog_and_stop_timeout_follow_the_nodes_timing(settings: Settings) -> None:
     fast = replace(settings, renew_interval=1.0, stop_timeout=1.0, lease_ttl=4.0)
     lines = lines_of(make_plan(fast))
-    assert "WatchdogSec=24" in lines  # 1 + (4 + 1 + 10) = 16 s, with half again as margin
-    assert "TimeoutStopSec=39" in lines  # 15 + 1 + 10 + 3 + 10
+    # 1 + (4 + 1 + 10 + 2 + 4) = 22 s (the last two: the fence's raise), with half again
+    assert "WatchdogSec=33" in lines
+    assert "TimeoutStopSec=45" in lines  # 21 + 1 + 10 + 3 + 10
+    without_fence = lines_of(make_plan(replace(fast, db_fence="off")))
+    assert "WatchdogSec=24" in without_fence  # 1 + (4 + 1 + 10) = 16 s
     assert any("for renew_interval 1s and stop_timeout 1s" in line for line in lines)
 
 

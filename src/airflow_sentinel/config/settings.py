@@ -96,6 +96,24 @@ KEYS: tuple[Key, ...] = (
         "start without the check (a warning at every start).",
         choices=("on", "off"),
     ),
+    Key(
+        "db_fence",
+        "choice",
+        "auto",
+        "The fence in Airflow's database: triggers that reject the writes of a scheduler "
+        "whose epoch is older than the current one, raised by a new active node before its "
+        "scheduler starts. auto: on for PostgreSQL and MySQL/MariaDB, off for SQLite (and "
+        "off, with a warning, where it cannot be installed). on: required (a controller "
+        "that cannot install it does not start). off: no fence.",
+        choices=("auto", "on", "off"),
+    ),
+    Key(
+        "db_fence_wait",
+        "float",
+        "10",
+        "Seconds a new active node waits for the open transactions of an older scheduler "
+        "(one on a host that froze) before it ends their connections to raise the fence.",
+    ),
     Key("event_retention", "int", "10000", "Events kept in the metastore's event log."),
     Key(
         "log_level",
@@ -310,6 +328,8 @@ class Settings:
     heartbeat_grace: float
     stray_action: str
     schema_gate: str
+    db_fence: str
+    db_fence_wait: float
     event_retention: int
     log_level: str
     log_format: str
@@ -454,9 +474,16 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 def timing_problems(values: dict[str, Any]) -> list[str]:
     """The invariants between timing keys that make the fence hold (see README, Safety)."""
     problems: list[str] = []
-    positive = ("lease_ttl", "renew_interval", "stop_timeout", "start_timeout", "heartbeat_grace")
+    positive = (
+        "lease_ttl",
+        "renew_interval",
+        "stop_timeout",
+        "start_timeout",
+        "heartbeat_grace",
+        "db_fence_wait",
+    )
     for name in positive:
-        if values[name] <= 0:
+        if name in values and values[name] <= 0:
             problems.append(
                 f"{name}: must be a number of seconds greater than 0, got {values[name]}"
             )

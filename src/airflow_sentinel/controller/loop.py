@@ -18,6 +18,7 @@ from airflow_sentinel import __version__
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
+from airflow_sentinel.controller.db_fence import FenceKeeper
 from airflow_sentinel.controller.health import HeartbeatProbe
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper, describe_takeover
 from airflow_sentinel.controller.policy import (
@@ -41,6 +42,7 @@ from airflow_sentinel.controller.status_line import StatusLine
 from airflow_sentinel.controller.strays import StrayKeeper
 from airflow_sentinel.controller.supervisor import StartGate, Supervisor, cycle_bound
 from airflow_sentinel.errors import MetastoreError, UserError
+from airflow_sentinel.fence import DbFence
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore.base import (
     HOLD,
@@ -76,6 +78,7 @@ class Controller:
         start_gate: StartGate | None = None,
         instance: Instance | None = None,
         reload: Callable[[], Settings] | None = None,
+        fence: DbFence | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -106,6 +109,7 @@ class Controller:
             self._emit,
             heartbeat_probe,
             start_gate,
+            None if fence is None else FenceKeeper(fence, current, clock, self._emit),
         )
         # /active says 503 from the moment a stop begins.
         self.supervisor.on_leaving = lambda: self.published.publish(self.view(leaving=True))

@@ -19,6 +19,7 @@ FIXED_ON_RELOAD = (
     "airflow_cfg",
     "health_check",
     "schema_gate",
+    "db_fence",  # the fence is opened (and installed) once, at start
     "scheduler_command",
     "log_format",  # the handler is set up once, at start
     "scheduler_log",

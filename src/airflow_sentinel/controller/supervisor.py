@@ -12,11 +12,13 @@ from typing import Protocol
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
+from airflow_sentinel.controller.db_fence import FenceKeeper
 from airflow_sentinel.controller.exits import describe_end
 from airflow_sentinel.controller.health import HeartbeatProbe
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper
 from airflow_sentinel.controller.policy import Snapshot, Supervision, Timing, decide_supervision
 from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
+from airflow_sentinel.fence.base import CONNECT_SLACK
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.process.guard import RunOwner
 from airflow_sentinel.process.handle import EPOCH_ENV, MARKER_ENV, RunEnded
@@ -33,8 +35,12 @@ SERVICE_MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 def cycle_bound(settings: Settings) -> float:
     """The longest one cycle of the loop may take: each store call is bounded by
-    renew_interval (four of them), a stop by stop_timeout, and a kill by KILL_WAIT."""
-    return 4 * settings.renew_interval + settings.stop_timeout + KILL_WAIT
+    renew_interval (four of them), a stop by stop_timeout, a kill by KILL_WAIT, and the
+    fence's check and raise in Airflow's database by two more and their connections."""
+    bound = 4 * settings.renew_interval + settings.stop_timeout + KILL_WAIT
+    if settings.db_fence != "off":
+        bound += 2 * settings.renew_interval + 2 * CONNECT_SLACK
+    return bound
 
 
 class StartGate(Protocol):
@@ -54,6 +60,7 @@ class Supervisor:
         emit: Emit,
         probe: HeartbeatProbe | None = None,
         gate: StartGate | None = None,
+        fence: FenceKeeper | None = None,
     ) -> None:
         self.scheduler = scheduler
         self._settings = settings
@@ -64,6 +71,7 @@ class Supervisor:
         self._emit = emit
         self.probe = probe
         self.gate = gate
+        self.fence = fence
         self._started_wall = 0.0
         self.last_heartbeat_age: float | None = None
         # Told before a stop begins, so that /active says 503 from the first moment.
@@ -100,6 +108,8 @@ class Supervisor:
             self.scheduler.failed_starts += 1  # enough of them and this node steps down
             self._emit(ev.SCHEDULER_REFUSED, refusal, logging.ERROR)
             return
+        if not self._fence_raised(lease.epoch):
+            return
         settings = self._settings()
         try:
             self.scheduler.start(
@@ -119,6 +129,16 @@ class Supervisor:
             return
         self._started_wall = self._clock.wall()
         self._emit(ev.SCHEDULER_STARTED, " ".join(settings.scheduler_argv)[:200], logging.INFO)
+
+    def _fence_raised(self, epoch: int) -> bool:
+        """The fence in Airflow's database is raised to ``epoch`` (or there is none)."""
+        if self.fence is None:
+            return True
+        verdict = self.fence.before_start(epoch)
+        if verdict.refusal is not None:
+            self.scheduler.failed_starts += 1
+            self._emit(ev.SCHEDULER_REFUSED, verdict.refusal, logging.ERROR)
+        return verdict.start
 
     def _restart(self, why: str) -> None:
         """Stop the scheduler; its end (an event from the guard) starts the next one."""
@@ -151,6 +171,9 @@ class Supervisor:
         # Named outright, so that the scheduler's environment (while setproctitle leaves it
         # intact) shows the installation its guard's command line claims.
         env.setdefault("AIRFLOW_HOME", settings.airflow_home)
+        if self.fence is not None and self._leases.epoch is not None:
+            # Its connections carry the epoch the fence checks.
+            env.update(self.fence.scheduler_env(self._leases.epoch, env))
         return env
 
     def stop(self) -> bool:
