@@ -1,11 +1,14 @@
 """The controller's parts on their own: the lease keeper's renewal rule, the registry's
-node_id conflicts, the supervisor's starts and stops. (The loop that sequences them is in
+node_id conflicts, the supervisor's starts and stops, the cluster flags, what the
+controller says about itself, the loop's wake-ups. (The loop that sequences them is in
 test_controller.py; the strays and orphans, which need real processes, in
 tests/integration/test_strays.py.)"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import replace
 from typing import Any, cast
 
@@ -13,16 +16,24 @@ import pytest
 
 from airflow_sentinel.clock import FakeClock
 from airflow_sentinel.config import Settings
+from airflow_sentinel.controller.describe import node_report, node_view
 from airflow_sentinel.controller.exits import describe_end
+from airflow_sentinel.controller.flags import ClusterFlags, switchover_target
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper
 from airflow_sentinel.controller.policy import LeaseStatus, Timing
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
-from airflow_sentinel.controller.scheduler import RunState, StopRequest, SupervisedScheduler
+from airflow_sentinel.controller.scheduler import (
+    RunState,
+    RunView,
+    StopRequest,
+    SupervisedScheduler,
+)
 from airflow_sentinel.controller.supervisor import Supervisor
+from airflow_sentinel.controller.wakeup import Wakeup
 from airflow_sentinel.identity import Instance
 from airflow_sentinel.metastore import Metastore
-from airflow_sentinel.metastore.base import NodeReport
+from airflow_sentinel.metastore.base import HOLD, PAUSED, Lease, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
 from tests.support.instances import twin
@@ -182,3 +193,95 @@ def test_the_supervisor_reports_an_end_it_did_not_ask_for_as_a_failed_start(
     part.ended(RunEnded("exited", 1))
     assert part.scheduler.failed_starts == 1 and part.scheduler.state is RunState.STOPPED
     assert emitted[-1][0] == "scheduler_exited" and "exited code 1" in emitted[-1][1]
+
+
+def test_the_flags_read_pause_hold_and_a_switchover_for_this_epoch_only(
+    store: FlakyStore, clock: FakeClock
+) -> None:
+    metastore, lease = cast(Metastore, store), Lease("scheduler", "a", 4, clock.now() + 15)
+    flags = ClusterFlags(metastore)
+    metastore.set_flag(PAUSED, "1")
+    metastore.set_flag(HOLD, "upgrade on m1")
+    metastore.set_flag(switchover_flag("scheduler"), "4 b")
+    assert flags.read(lease)
+    assert (flags.paused, flags.held, flags.switchover_to) == (True, "upgrade on m1", "b")
+    assert flags.read(replace(lease, epoch=5)) and flags.switchover_to is None  # an earlier one
+    assert flags.read(None) and flags.switchover_to is None  # no lease: nothing to hand over
+    store.broken = True
+    assert not flags.read(lease)
+    assert (flags.paused, flags.held) == (True, "upgrade on m1")  # the last known values stand
+    store.broken = False
+    flags.read(lease)
+    flags.clear_switchover(4)
+    assert switchover_flag("scheduler") not in metastore.flags() and flags.switchover_to is None
+
+
+@pytest.mark.parametrize(("raw", "target"), [("7 b", "b"), ("7 ", None), ("6 b", None)])
+def test_a_switchover_request_names_its_lease_holders_epoch(raw: str, target: str | None) -> None:
+    lease = Lease("scheduler", "a", 7, 100.0)
+    assert switchover_target({switchover_flag("scheduler"): raw}, lease) == target
+
+
+def test_the_view_and_the_report_agree_on_the_scheduler_and_the_cooldown(
+    store: FlakyStore, settings: Settings, clock: FakeClock
+) -> None:
+    lease, now = Lease("scheduler", "a", 3, 115.0), 100.0
+    run = RunView(RunState.STARTING, 99.0, 4242)
+    flags = ClusterFlags(cast(Metastore, store))
+    view = node_view(
+        settings=settings,
+        host="h",
+        role="active",
+        lease=lease,
+        timing=Timing.from_settings(settings),
+        run=run,
+        heartbeat_age=None,
+        flags=flags,
+        unfit_until=now + 0.04,
+        conflict=None,
+        reachable=True,
+        now=now,
+    )
+    report = node_report(
+        node_id="a",
+        host="h",
+        role="active",
+        run=run,
+        epoch=lease.epoch,
+        instance="token",
+        unfit_until=now + 0.04,
+        now=now,
+        api=None,
+        fingerprint=None,
+    )
+    assert (view.epoch, view.lease_left_s, view.scheduler_state) == (3, 15.0, "starting")
+    assert report.scheduler_running and report.scheduler_pid == view.scheduler_pid == 4242
+    # A cooldown that rounds to 0.0 is still a cooldown: not fit until it is over.
+    assert (view.fit, view.cooldown_left_s) == (report.fit, report.cooldown_left_s) == (False, 0.0)
+    stopped = node_report(
+        node_id="a",
+        host="h",
+        role="standby",
+        run=replace(run, state=RunState.STOPPED, pid=None),
+        epoch=None,
+        instance="token",
+        unfit_until=now,
+        now=now,
+        api=None,
+        fingerprint=None,
+    )
+    assert not stopped.scheduler_running and stopped.fit and stopped.cooldown_left_s is None
+
+
+def test_a_wake_up_ends_the_sleep_and_is_used_up() -> None:
+    wakeup = Wakeup()
+    threading.Timer(0.05, wakeup.wake).start()
+    began = time.monotonic()
+    wakeup.sleep(10.0)
+    assert time.monotonic() - began < 5.0  # woken, not timed out
+    wakeup.wake()
+    wakeup.wake()
+    wakeup.sleep(10.0)  # returns at once: wake-ups are pending
+    began = time.monotonic()
+    wakeup.sleep(0.1)  # both were drained: this one runs to its timeout
+    assert time.monotonic() - began >= 0.09

@@ -5,20 +5,17 @@ Scheduler exits arrive as events from the guard's pipe and trigger a cycle at on
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
-import signal
-import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from enum import Enum
-from types import FrameType
 
 from airflow_sentinel import __version__
 from airflow_sentinel.clock import Clock
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.controller import events as ev
 from airflow_sentinel.controller.db_fence import FenceKeeper
+from airflow_sentinel.controller.describe import node_report, node_view
+from airflow_sentinel.controller.flags import ClusterFlags
 from airflow_sentinel.controller.health import HeartbeatProbe
 from airflow_sentinel.controller.lease_keeper import LeaseKeeper, describe_takeover
 from airflow_sentinel.controller.policy import (
@@ -37,21 +34,15 @@ from airflow_sentinel.controller.published import (
 )
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
-from airflow_sentinel.controller.scheduler import RunState, SupervisedScheduler
+from airflow_sentinel.controller.scheduler import SupervisedScheduler
 from airflow_sentinel.controller.status_line import StatusLine
 from airflow_sentinel.controller.strays import StrayKeeper
-from airflow_sentinel.controller.supervisor import StartGate, Supervisor, cycle_bound
+from airflow_sentinel.controller.supervisor import StartGate, Supervisor
+from airflow_sentinel.controller.wakeup import Wakeup, install_signal_handlers
 from airflow_sentinel.errors import MetastoreError, UserError
 from airflow_sentinel.fence import DbFence
 from airflow_sentinel.identity import Instance
-from airflow_sentinel.metastore.base import (
-    HOLD,
-    PAUSED,
-    Lease,
-    Metastore,
-    NodeReport,
-    switchover_flag,
-)
+from airflow_sentinel.metastore.base import Lease, Metastore
 from airflow_sentinel.process.handle import Launcher, RunEnded
 from airflow_sentinel.process.linux import become_subreaper
 
@@ -91,9 +82,7 @@ class Controller:
         self._reload_requested = False
         self.role = Role.STANDBY
         self.unfit_until = 0.0
-        self.paused = False
-        self.held: str | None = None
-        self.switchover_to: str | None = None
+        self.flags = ClusterFlags(store)  # pause, hold, switchover: as last read
         # The parts, each with its own I/O; the loop decides and sequences.
         current = lambda: self.settings  # noqa: E731 - a reload replaces the object
         self.leases = LeaseKeeper(store, current, self.instance, clock)
@@ -119,9 +108,7 @@ class Controller:
         self._signals_installed = False
         self._ready = False  # the first cycle has run (READY told)
         self._tick_now = True
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention, clock)
         # What others may read: the last cycle's view and the events (API, metrics, page).
         self.published = Publisher()
@@ -146,6 +133,20 @@ class Controller:
     def epoch(self) -> int | None:
         return self.leases.epoch
 
+    @property
+    def paused(self) -> bool:
+        return self.flags.paused
+
+    @property
+    def held(self) -> str | None:
+        """Who holds the cluster, when an upgrade does."""
+        return self.flags.held
+
+    @property
+    def switchover_to(self) -> str | None:
+        """The node a switchover asks this lease holder to hand over to."""
+        return self.flags.switchover_to
+
     def _emit(self, kind: str, detail: str = "", level: int = logging.INFO) -> None:
         self.events.emit(kind, detail, epoch=self.epoch, level=level)
 
@@ -158,8 +159,7 @@ class Controller:
         self.wake()
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # full buffer: a wake-up is pending anyway
-            self._wake_w.send(b"\0")
+        self._wakeup.wake()
 
     def request_cycle(self) -> None:
         """Run a cycle now, not at the next poll (a switchover, or its target told of it);
@@ -199,21 +199,15 @@ class Controller:
         registers, so that a stop sent to a controller that is still starting is a clean
         stop, not the signal's default action."""
         self._signals_installed = True
+        install_signal_handlers(self._stop_by_signal, self._request_reload)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            # Logged by the loop: a handler that logged could interrupt a write to the
-            # same stream, and that write would fail.
-            self._stop_signal = signal.Signals(signum).name
-            self.request_stop()
+    def _stop_by_signal(self, name: str) -> None:
+        self._stop_signal = name  # logged by the loop, not in the handler
+        self.request_stop()
 
-        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
-            self._reload_requested = True
-            self.wake()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        # A closed terminal or SSH session sends SIGHUP: reload, as daemons do; never die.
-        signal.signal(signal.SIGHUP, on_hangup)
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+        self.wake()
 
     def _reload_settings(self) -> None:
         """Re-read the configuration; a bad one is one logged line and the old one stays."""
@@ -254,14 +248,10 @@ class Controller:
         return min(next_tick, self.timing.demote_at(self.lease.valid_until))
 
     def _wait(self, until: float) -> None:
-        timeout = max(0.0, until - self.clock.now())
         run = self.scheduler.run
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            if run is not None:
-                selector.register(run.fileno(), selectors.EVENT_READ)
-            selector.select(timeout)
-        self._drain_wake()
+        self._wakeup.sleep(
+            max(0.0, until - self.clock.now()), None if run is None else run.fileno()
+        )
         if run is None:
             return
         ended = run.poll()
@@ -270,11 +260,6 @@ class Controller:
         elif run.scheduler_pid is not None and run.scheduler_pid != self._reported_pid:
             self.supervisor.pid_named(run.scheduler_pid)
             self._heartbeat()  # the guard has just named the scheduler's pid
-
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(OSError):  # BlockingIOError: drained
-            while self._wake_r.recv(512):
-                pass
 
     # -- one cycle -----------------------------------------------------------------------
     def tick(self) -> None:
@@ -309,63 +294,28 @@ class Controller:
 
     def view(self, leaving: bool = False) -> NodeView:
         """This controller as the last cycle left it, for readers outside the loop."""
-        now = self.clock.now()
-        lease = self.lease
-        run = self.scheduler.view()
-        left = self.unfit_until - now
-        return NodeView(
-            node_id=self.settings.node_id,
+        return node_view(
+            settings=self.settings,
             host=self.host,
-            version=__version__,
             role=self.role.value,
-            epoch=self.epoch,
-            lease_left_s=None if lease is None else round(lease.valid_until - now, 3),
-            demote_in_s=None
-            if lease is None
-            else round(self.timing.demote_at(lease.valid_until) - now, 3),
-            scheduler_state=None if run.state is RunState.STOPPED else run.state.value,
-            scheduler_pid=run.pid,
-            heartbeat_age_s=self.supervisor.last_heartbeat_age,
-            paused=self.paused,
-            held=self.held,
-            fit=left <= 0,
-            cooldown_left_s=round(left, 1) if left > 0 else None,
+            lease=self.lease,
+            timing=self.timing,
+            run=self.scheduler.view(),
+            heartbeat_age=self.supervisor.last_heartbeat_age,
+            flags=self.flags,
+            unfit_until=self.unfit_until,
             conflict=self.conflict,
-            metastore_reachable=self._reachable,
-            cycle_at=now,
-            cycle_every_s=self.settings.renew_interval,
-            cycle_bound_s=cycle_bound(self.settings),
+            reachable=self._reachable,
+            now=self.clock.now(),
             leaving=leaving,
         )
 
     def _read_flags(self) -> bool:
-        """Refresh pause and switchover; on a store error the last known values stand."""
-        try:
-            flags = self.store.flags()
-        except MetastoreError as exc:
-            log.warning("cannot read cluster flags: %s", exc, extra={"epoch": self.epoch})
-            self.leases.store_failed = True
-            return False
-        paused = PAUSED in flags
-        if paused != self.paused:
-            log.info("cluster %s", "paused" if paused else "resumed", extra={"epoch": self.epoch})
-        self.paused = paused
-        held = flags.get(HOLD)
-        if held != self.held:
-            state = f"held: {held}" if held else "released from hold"
-            log.info("cluster %s", state, extra={"epoch": self.epoch})
-        self.held = held
-        self.switchover_to = self._switchover_target(flags)
-        return True
-
-    def _switchover_target(self, flags: Mapping[str, str]) -> str | None:
-        raw = flags.get(switchover_flag(SERVICE))
-        if raw is None or self.lease is None:
-            return None
-        epoch, _, target = raw.partition(" ")
-        if epoch != str(self.lease.epoch):
-            return None  # addressed to an earlier holder; the CLI will time out and say so
-        return target or None
+        """Refresh pause, hold and switchover; on a store error the last known values stand."""
+        if self.flags.read(self.lease):
+            return True
+        self.leases.store_failed = True
+        return False
 
     def _snapshot(self, status: LeaseStatus, with_health: bool = False) -> Snapshot:
         """One frozen view for the policy; the heartbeat query runs only when asked for."""
@@ -406,9 +356,6 @@ class Controller:
         self.role = Role.STANDBY
         self.scheduler.failed_starts = 0
 
-    def _release(self) -> bool:
-        return self.leases.release()
-
     def _demote(self, status: LeaseStatus) -> None:
         why = (
             "lease lost to another node"
@@ -418,7 +365,7 @@ class Controller:
         dead = self.supervisor.stop()
         self._emit(ev.DEMOTED, why, level=logging.WARNING)
         if dead and status is not LeaseStatus.LOST:
-            self._release()
+            self.leases.release()
         self._become_standby()
 
     def _step_down(self) -> None:
@@ -430,7 +377,7 @@ class Controller:
             level=logging.ERROR,
         )
         if dead:
-            self._release()
+            self.leases.release()
         self._become_standby()
 
     def _stand_down(self) -> None:
@@ -438,14 +385,14 @@ class Controller:
         why = f"cluster held: {self.held}" if self.held else f"node_id in use on {self.conflict}"
         self._emit(ev.STOOD_DOWN, why)
         if dead:
-            self._release()
+            self.leases.release()
         self._become_standby()
 
     def _hand_over(self) -> None:
         target = self.switchover_to
         assert self.lease is not None and target is not None
         if target == self.settings.node_id:
-            self._clear_switchover()
+            self.flags.clear_switchover(self.epoch)
             return
         if not self.supervisor.stop():
             return
@@ -455,15 +402,8 @@ class Controller:
             log.warning("switchover failed: %s", exc, extra={"epoch": self.epoch})
             return
         self._emit(ev.HANDED_OVER, f"to {target}" if moved else f"to {target} failed: lease lost")
-        self._clear_switchover()
+        self.flags.clear_switchover(self.epoch)
         self._become_standby()
-
-    def _clear_switchover(self) -> None:
-        try:
-            self.store.set_flag(switchover_flag(SERVICE), None)
-        except MetastoreError as exc:
-            log.warning("cannot clear the switchover request: %s", exc, extra={"epoch": self.epoch})
-        self.switchover_to = None
 
     def _on_run_ended(self, ended: RunEnded) -> None:
         self.supervisor.ended(ended)
@@ -484,24 +424,19 @@ class Controller:
 
     # -- registry ------------------------------------------------------------------------
     def _heartbeat(self, role: Role | None = None, at_start: bool = False) -> None:
-        view = self.scheduler.view()
-        self._reported_pid = view.pid
-        left = self.unfit_until - self.clock.now()
-        report = NodeReport(
+        report = node_report(
             node_id=self.settings.node_id,
             host=self.host,
             role=(role or self.role).value,
-            scheduler_running=view.state
-            in (RunState.STARTING, RunState.RUNNING, RunState.STOPPING),
-            scheduler_pid=view.pid,
-            fit=left <= 0,
-            version=__version__,
+            run=self.scheduler.view(),
             epoch=self.epoch,
             instance=self.instance.token,
-            cooldown_left_s=round(left, 1) if left > 0 else None,
+            unfit_until=self.unfit_until,
+            now=self.clock.now(),
             api=self.api_url,
             fingerprint=self.fingerprint,
         )
+        self._reported_pid = report.scheduler_pid
         if not self.registry.report(report, self.epoch, at_start):
             self.leases.store_failed = True
 
@@ -517,7 +452,7 @@ class Controller:
     def shutdown(self) -> None:
         dead = self.supervisor.stop()
         if dead and self.lease is not None:
-            released = self._release()
+            released = self.leases.release()
             self._emit(ev.CONTROLLER_STOPPED, "lease released" if released else "lease expires")
         else:
             self._emit(ev.CONTROLLER_STOPPED, "")

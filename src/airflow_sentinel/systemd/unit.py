@@ -218,8 +218,9 @@ def _watchdog_lines(plan: UnitPlan) -> list[str]:
     return [
         f"# A healthy loop pings at every cycle, at most {plan.silence_s:g}s apart: renew_interval"
         " and",
-        "# one cycle's bound (store calls, a scheduler's stop and kill). Silent for longer, it is",
-        "# hung: systemd kills and restarts it. The guards fence the scheduler on their own.",
+        "# one cycle's bound (store calls, the database fence's raise, a scheduler's stop and",
+        "# kill). Silent for longer, it is hung: systemd kills and restarts it. The guards",
+        "# fence the scheduler on their own.",
         f"WatchdogSec={plan.watchdog_sec}",
         "# Connecting, claiming the node_id and the first cycle come before READY=1.",
         f"TimeoutStartSec={plan.watchdog_sec + 30}",
