@@ -13,7 +13,13 @@ from tests.support.backends import fresh_metastore_url, selected_backends
 # every Airflow scheduler on the host), everything else in the other. Grouped by file, as
 # the scheduler sees only node ids.
 AIRFLOW_FILES = frozenset(
-    {"test_upgrade.py", "test_upgrade_databases.py", "test_real_airflow.py", "test_strays.py"}
+    {
+        "test_upgrade.py",
+        "test_upgrade_databases.py",
+        "test_real_airflow.py",
+        "test_strays.py",
+        "test_db_fence_airflow.py",
+    }
 )
 
 
