@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,6 +21,9 @@ from airflow_sentinel.fence.base import (
     FenceState,
     RaiseResult,
 )
+from airflow_sentinel.metastore.urls import scrub
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "REJECTION",
@@ -27,6 +31,7 @@ __all__ = [
     "FenceError",
     "FenceState",
     "RaiseResult",
+    "backend_name",
     "dialect_for",
     "open_fence",
 ]
@@ -58,7 +63,7 @@ def open_fence(mode: str, url: str, timeout: float, wait: float) -> DbFence | No
         if mode == "on":
             raise UserError(
                 "db_fence = on needs Airflow's database on PostgreSQL or MySQL/MariaDB; it is "
-                f"{_backend(url)} (use db_fence = auto or off)"
+                f"{backend_name(url)} (use db_fence = auto or off)"
             )
         return None
     problem = dialect.check_session(url)
@@ -66,10 +71,19 @@ def open_fence(mode: str, url: str, timeout: float, wait: float) -> DbFence | No
         if mode == "on":
             raise UserError(f"db_fence = on: {problem} (or use db_fence = off)")
         return None
-    return DbFence(dialect, _engine(url, timeout, wait), url, timeout)
+    try:
+        engine = _engine(url, timeout, wait)
+    except (ArgumentError, ImportError) as exc:
+        # A driver this installation does not have (Airflow's may live elsewhere).
+        why = f"the database URL cannot be used here: {scrub(str(exc).splitlines()[0], url)}"
+        if mode == "on":
+            raise UserError(f"db_fence = on: {why} (or use db_fence = off)") from None
+        log.warning("db_fence: off, %s", why)
+        return None
+    return DbFence(dialect, engine, url, timeout)
 
 
-def _backend(url: str) -> str:
+def backend_name(url: str) -> str:
     try:
         return make_url(url).get_backend_name()
     except ArgumentError:

@@ -64,22 +64,28 @@ class FenceState:
 
     @property
     def complete(self) -> bool:
-        return self.table and self.epoch is not None and not self.unfenced and bool(self.fenced)
+        return self.problem() is None
 
     def problem(self) -> str | None:
         """Why the fence is not whole, in words for an operator; None when it is."""
         if self.missing_tables:
-            return (
-                f"Airflow's tables {', '.join(self.missing_tables)} do not exist yet "
-                "(run airflow db migrate first)"
-            )
+            return f"{not_yet_migrated(self.missing_tables)} (run airflow db migrate first)"
         if not self.table:
             return f"the table {FENCE_TABLE} is missing"
         if self.epoch is None:
             return f"{FENCE_TABLE} has no row for the scheduler"
         if self.unfenced:
+            if len(self.unfenced) == 1:
+                return f"the table {self.unfenced[0]} has no fence trigger"
             return f"the tables {', '.join(self.unfenced)} have no fence trigger"
         return None
+
+
+def not_yet_migrated(tables: tuple[str, ...]) -> str:
+    """Airflow's tables that do not exist, in words."""
+    if len(tables) == 1:
+        return f"Airflow's table {tables[0]} does not exist yet"
+    return f"Airflow's tables {', '.join(tables)} do not exist yet"
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class RaiseResult:
     """The outcome of one attempt to raise the fence to ``epoch``."""
 
     raised: bool
-    epoch: int  # the fence's epoch afterwards (or as found)
+    epoch: int  # raised: the fence's epoch now; above the one asked for: as found; else asked
     waited_s: float = 0.0
     ended: tuple[int, ...] = ()  # connections ended because they blocked the raise
     why: str = ""  # when not raised
@@ -218,11 +224,11 @@ class DbFence:
 
         def run(conn: Connection) -> None:
             existing = self.dialect.existing_tables(conn, REQUIRED_TABLES + OPTIONAL_TABLES)
-            missing = [t for t in REQUIRED_TABLES if t not in existing]
+            missing = tuple(t for t in REQUIRED_TABLES if t not in existing)
             if missing:
                 raise FenceError(
-                    f"cannot install the fence in {self.description}: Airflow's tables "
-                    f"{', '.join(missing)} do not exist yet (run airflow db migrate first)"
+                    f"cannot install the fence in {self.description}: "
+                    f"{not_yet_migrated(missing)} (run airflow db migrate first)"
                 )
             present = tuple(t for t in REQUIRED_TABLES + OPTIONAL_TABLES if t in existing)
             self.dialect.install(conn, present)
@@ -237,6 +243,8 @@ class DbFence:
         """Set the fence's epoch outright (after the metastore's epochs started again)."""
 
         def run(conn: Connection) -> None:
+            if FENCE_TABLE not in self.dialect.existing_tables(conn, (FENCE_TABLE,)):
+                raise FenceError(f"the fence is not installed in {self.description}")
             done = conn.execute(
                 sa.text(f"UPDATE {FENCE_TABLE} SET epoch = :e WHERE service = :s"),
                 {"e": epoch, "s": SERVICE},

@@ -16,7 +16,14 @@ from airflow_sentinel.cli import metastore_for, setting_options, settings_from
 from airflow_sentinel.config.airflow_cfg import load_airflow_config
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.errors import UserError
-from airflow_sentinel.fence import DbFence, FenceError, FenceState, open_fence
+from airflow_sentinel.fence import (
+    DbFence,
+    FenceError,
+    FenceState,
+    backend_name,
+    dialect_for,
+    open_fence,
+)
 
 log = logging.getLogger("airflow_sentinel")
 OP_TIMEOUT = 10.0
@@ -38,9 +45,16 @@ def fence_for(settings: Settings, mode: str | None = None) -> DbFence | None:
 
 @contextmanager
 def required_fence(settings: Settings) -> Iterator[DbFence]:
-    fence = fence_for(settings, "on" if settings.db_fence == "auto" else settings.db_fence)
-    if fence is None:
+    if settings.db_fence == "off":
         raise UserError("db_fence = off: there is no fence to manage (set db_fence = auto or on)")
+    airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
+    if dialect_for(airflow_db) is None:
+        raise UserError(
+            f"Airflow's database is {backend_name(airflow_db)}: the fence exists only on "
+            "PostgreSQL and MySQL/MariaDB; there is no fence to manage"
+        )
+    fence = open_fence("on", airflow_db, settings.renew_interval, settings.db_fence_wait)
+    assert fence is not None  # under on, open_fence returns a fence or raises
     try:
         yield fence
     except FenceError as exc:
@@ -157,6 +171,11 @@ def reset(yes: bool, **flags: Any) -> None:
     epoch = 0 if lease is None else int(lease.epoch)
     with required_fence(settings) as db:
         current = db.state().epoch
+        if current is None:
+            raise UserError(
+                f"the fence is not installed in {db.description} (run airflow-sentinel "
+                "fence install)"
+            )
         if not yes and not click.confirm(
             f"set the fence in {db.description} from epoch {current} to {epoch}? Do this only "
             "when no scheduler started under the old metastore still runs"

@@ -22,8 +22,8 @@ VARIABLE = "@sentinel_epoch"
 CHECK_PROCEDURE = "sentinel_fence_check"
 TRIGGER_PREFIX = "sentinel_fence_"
 OPERATIONS = {"ins": "INSERT", "upd": "UPDATE", "del": "DELETE"}
-# The drivers whose connect() runs an init_command.
-DRIVERS = ("mysql", "mysql+pymysql", "mysql+mysqldb")
+# The drivers whose connect() runs an init_command (mysql:// and mariadb:// use mysqldb).
+DRIVERS = ("pymysql", "mysqldb")
 
 CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
@@ -155,10 +155,10 @@ class MySql(Dialect):
 
     def check_session(self, url: str) -> str | None:
         parsed = make_url(url)
-        if parsed.drivername not in DRIVERS:
+        if parsed.get_driver_name() not in DRIVERS:
             return (
                 f"the driver {parsed.drivername} cannot run an init_command on connect; "
-                f"the fence needs one of {', '.join(DRIVERS)}"
+                "the fence needs mysql+pymysql or mysql+mysqldb (or mariadb+ either)"
             )
         if "init_command" in parsed.query:
             return (

@@ -23,6 +23,8 @@ LOCK_SCHEDULER = 1
 SETTING = "sentinel.epoch"
 CHECK_FUNCTION = "sentinel_fence_check"
 TRIGGER_PREFIX = "sentinel_fence_"
+# The drivers built on libpq, which reads PGOPTIONS (postgresql:// uses one of them).
+DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
 
 CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
@@ -138,6 +140,15 @@ class Postgres(Dialect):
 
     def cancel(self, conn: Connection, backend: int) -> None:
         conn.execute(text("SELECT pg_cancel_backend(:p)"), {"p": backend})
+
+    def check_session(self, url: str) -> str | None:
+        parsed = make_url(url)
+        if parsed.get_driver_name() not in DRIVERS:
+            return (
+                f"the driver {parsed.drivername} does not read PGOPTIONS; the fence needs "
+                "postgresql+psycopg or postgresql+psycopg2"
+            )
+        return None
 
     def scheduler_env(self, epoch: int, url: str, environ: dict[str, str]) -> dict[str, str]:
         mine = f"-c {SETTING}={int(epoch)}"
