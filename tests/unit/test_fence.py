@@ -4,7 +4,6 @@ whole, and the keeper's verdicts before a start (with a fake fence and a fake cl
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -67,20 +66,30 @@ def test_a_session_that_cannot_carry_an_epoch(url: str, words: str) -> None:
     assert open_fence("auto", url, 3, 10) is None
 
 
-def test_a_driver_this_installation_lacks(caplog: pytest.LogCaptureFixture) -> None:
-    pytest.importorskip("pymysql")
+@pytest.mark.parametrize(
+    ("airflows", "ours"),
+    [
+        ("mysql://airflow:s3cret@db/airflow", "mysql+pymysql"),  # mysqlclient's
+        ("mysql+mysqldb://airflow:s3cret@db/airflow", "mysql+pymysql"),
+        ("postgresql+psycopg2://airflow:s3cret@db/airflow", "postgresql+psycopg"),
+        ("postgres://airflow:s3cret@db/airflow", "postgresql+psycopg"),
+    ],
+)
+def test_our_connections_use_our_drivers_and_the_scheduler_keeps_airflows(
+    airflows: str, ours: str
+) -> None:
+    fence = open_fence("on", airflows, 3, 10)
+    assert fence is not None
     try:
-        import MySQLdb  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("mysqlclient is installed here")
-    url = "mysql://airflow:s3cret@db/airflow"  # mysqldb
-    message = one_line_user_error("on", url)
-    assert "cannot be used" in message and "s3cret" not in message
-    with caplog.at_level(logging.WARNING):
-        assert open_fence("auto", url, 3, 10) is None
-    assert "db_fence: off" in caplog.text
+        assert fence._engine.url.drivername == ours
+        assert fence.url == airflows  # what the scheduler's environment is built from
+        env = fence.dialect.scheduler_env(4, fence.url, {})
+        if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in env:
+            given = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            assert given.startswith(airflows.split("://", maxsplit=1)[0] + "://")
+            assert "s3cret" in given  # the scheduler must still be able to log in
+    finally:
+        fence.close()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from airflow_sentinel.fence.base import (
     FenceState,
     RaiseResult,
 )
-from airflow_sentinel.metastore.urls import scrub
+from airflow_sentinel.metastore.urls import normalize_metastore_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,13 @@ def open_fence(mode: str, url: str, timeout: float, wait: float) -> DbFence | No
     is off (or auto on a database without one). ``on`` where it cannot be is a UserError."""
     if mode == "off":
         return None
-    dialect = dialect_for(url)
+    # Our own connections use our drivers, as the heartbeat and schema checks do (Airflow's
+    # psycopg2 or mysqlclient may not be installed here); the scheduler keeps Airflow's.
+    try:
+        ours = normalize_metastore_url(url)
+    except ValueError:
+        ours = url
+    dialect = dialect_for(ours)
     if dialect is None:
         if mode == "on":
             raise UserError(
@@ -72,7 +78,7 @@ def open_fence(mode: str, url: str, timeout: float, wait: float) -> DbFence | No
             raise UserError(f"db_fence = on: {problem} (or use db_fence = off)")
         return None
     try:
-        engine = _engine(url, timeout, wait)
+        engine = _engine(ours, timeout, wait)
     except (ArgumentError, ImportError) as exc:
         # A driver this installation does not have (Airflow's may live elsewhere).
         why = f"the database URL cannot be used here: {scrub(str(exc).splitlines()[0], url)}"

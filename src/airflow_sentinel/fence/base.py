@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.deadline import Call, DeadlinePassed, call_with_deadline
@@ -46,6 +46,12 @@ OPTIONAL_TABLES = ("callback_request", "deadline")
 REJECTION = "airflow-sentinel fence"
 # Seconds, beyond a raise's own wait, for the connections it needs and their answers.
 CONNECT_SLACK = 2.0
+
+
+def driver_of(url: URL, default: str) -> str:
+    """The DBAPI driver a URL names (``default``: the dialect's own, when it names none),
+    read from the URL alone: the driver need not be installed here."""
+    return url.drivername.partition("+")[2] or default
 
 
 class FenceError(SentinelError):

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from airflow_sentinel.fence.base import FENCE_TABLE, REJECTION, SERVICE, Dialect
+from airflow_sentinel.fence.base import FENCE_TABLE, REJECTION, SERVICE, Dialect, driver_of
 
 VARIABLE = "@sentinel_epoch"
 CHECK_PROCEDURE = "sentinel_fence_check"
@@ -155,7 +155,7 @@ class MySql(Dialect):
 
     def check_session(self, url: str) -> str | None:
         parsed = make_url(url)
-        if parsed.get_driver_name() not in DRIVERS:
+        if driver_of(parsed, "mysqldb") not in DRIVERS:
             return (
                 f"the driver {parsed.drivername} cannot run an init_command on connect; "
                 "the fence needs mysql+pymysql or mysql+mysqldb (or mariadb+ either)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 
-from airflow_sentinel.fence.base import FENCE_TABLE, REJECTION, SERVICE, Dialect
+from airflow_sentinel.fence.base import FENCE_TABLE, REJECTION, SERVICE, Dialect, driver_of
 
 # The advisory lock (two-key form, apart from the one-key locks Airflow takes itself).
 LOCK_CLASS = 1397050964  # "SENT"
@@ -143,7 +143,7 @@ class Postgres(Dialect):
 
     def check_session(self, url: str) -> str | None:
         parsed = make_url(url)
-        if parsed.get_driver_name() not in DRIVERS:
+        if driver_of(parsed, "psycopg2") not in DRIVERS:
             return (
                 f"the driver {parsed.drivername} does not read PGOPTIONS; the fence needs "
                 "postgresql+psycopg or postgresql+psycopg2"
