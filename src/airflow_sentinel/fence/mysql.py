@@ -62,14 +62,19 @@ class MySql(Dialect):
     name = "mysql"
 
     def install(self, conn: Connection, tables: tuple[str, ...]) -> None:
+        # MySQL commits each DDL statement on its own: replacing what exists would leave a
+        # running scheduler's writes a moment without their check. Only what is missing is
+        # created, so a repair while a scheduler runs never opens a gap.
         conn.exec_driver_sql(CREATE_TABLE)
         conn.exec_driver_sql(CREATE_ROW)
-        conn.exec_driver_sql(f"DROP PROCEDURE IF EXISTS {CHECK_PROCEDURE}")
-        conn.exec_driver_sql(CREATE_CHECK)
+        if not self._has_procedure(conn):
+            conn.exec_driver_sql(CREATE_CHECK)
+        present = {name for name, _table in self._triggers(conn)}
         for table in tables:
             for short, operation in OPERATIONS.items():
                 name = _trigger(table, short)
-                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+                if name in present:
+                    continue
                 conn.exec_driver_sql(
                     f"CREATE TRIGGER {name} BEFORE {operation} ON `{table}` FOR EACH ROW "
                     f"BEGIN IF {VARIABLE} IS NOT NULL THEN "
@@ -91,16 +96,20 @@ class MySql(Dialect):
         conn.exec_driver_sql(f"DROP PROCEDURE IF EXISTS {CHECK_PROCEDURE}")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {FENCE_TABLE}")
 
+    def _has_procedure(self, conn: Connection) -> bool:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT COUNT(*) FROM information_schema.ROUTINES "
+                    "WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_NAME = :p"
+                ),
+                {"p": CHECK_PROCEDURE},
+            ).scalar_one()
+        )
+
     def fenced_tables(self, conn: Connection) -> set[str]:
         names = set(self._triggers(conn))
-        procedure = conn.execute(
-            text(
-                "SELECT COUNT(*) FROM information_schema.ROUTINES "
-                "WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_NAME = :p"
-            ),
-            {"p": CHECK_PROCEDURE},
-        ).scalar_one()
-        if not procedure:
+        if not self._has_procedure(conn):
             return set()
         tables = {table for _name, table in names}
         return {t for t in tables if all((_trigger(t, s), t) in names for s in OPERATIONS)}
