@@ -644,3 +644,20 @@ def test_a_repair_while_a_scheduler_writes_never_fails_its_writes(installed: DbF
     assert failures == []
     assert done > 50 and repairs > 3
     assert installed.state().epoch == 5
+
+
+def test_controllers_that_start_together_both_install_the_fence(fence: DbFence) -> None:
+    """Each node's `start` installs a fence it finds missing; two at once must both end
+    with it whole, neither with an error (under db_fence = on, that error stops a start)."""
+    others = [open_fence("on", fence.url, TIMEOUT, WAIT) for _ in range(3)]
+    try:
+        calls = [Call(other.install, name="test-install") for other in others if other]
+        for call in calls:
+            assert call.wait(30)
+        states = [call.result() for call in calls]
+    finally:
+        for other in others:
+            if other is not None:
+                other.close()
+    assert all(state.complete for state in states)
+    assert fence.state().complete and fence.state().epoch == 0

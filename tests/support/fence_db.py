@@ -108,7 +108,7 @@ def seed(url: str) -> None:
 def error_text(exc: BaseException) -> str:
     """The server's message for a failed statement: the first line, without driver codes."""
     orig = getattr(exc, "orig", None) or exc
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):  # PyMySQL: (code, message)
         return str(args[1])
     text = str(orig).strip().splitlines()

@@ -16,11 +16,19 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from airflow_sentinel.fence.base import FENCE_TABLE, REJECTION, SERVICE, Dialect, driver_of
+from airflow_sentinel.fence.base import (
+    FENCE_TABLE,
+    REJECTION,
+    SERVICE,
+    Dialect,
+    FenceError,
+    driver_of,
+)
 
 VARIABLE = "@sentinel_epoch"
 CHECK_PROCEDURE = "sentinel_fence_check"
 TRIGGER_PREFIX = "sentinel_fence_"
+INSTALL_LOCK = "airflow_sentinel_fence_install"
 OPERATIONS = {"ins": "INSERT", "upd": "UPDATE", "del": "DELETE"}
 # The drivers whose connect() runs an init_command (mysql:// and mariadb:// use mysqldb).
 DRIVERS = ("pymysql", "mysqldb")
@@ -65,6 +73,11 @@ class MySql(Dialect):
         # MySQL commits each DDL statement on its own: replacing what exists would leave a
         # running scheduler's writes a moment without their check. Only what is missing is
         # created, so a repair while a scheduler runs never opens a gap.
+        # Two controllers that start together both install: one after the other (the named
+        # lock is the connection's, which ends with the install).
+        got = conn.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": INSTALL_LOCK, "t": 30})
+        if got.scalar_one() != 1:
+            raise FenceError("another installation of the fence did not finish within 30s")
         conn.exec_driver_sql(CREATE_TABLE)
         conn.exec_driver_sql(CREATE_ROW)
         if not self._has_procedure(conn):

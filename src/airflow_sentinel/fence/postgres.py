@@ -72,6 +72,9 @@ class Postgres(Dialect):
     name = "postgresql"
 
     def install(self, conn: Connection, tables: tuple[str, ...]) -> None:
+        # Two controllers that start together both install: one after the other (the lock
+        # is the transaction's), and each change is whole or absent for everyone else.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:c, 0)"), {"c": LOCK_CLASS})
         conn.exec_driver_sql(CREATE_TABLE)
         conn.exec_driver_sql(CREATE_ROW)
         conn.exec_driver_sql(CREATE_CHECK)
