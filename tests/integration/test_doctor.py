@@ -20,9 +20,10 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_sentinel.airflow_env import ensure_airflow_venv
+from airflow_sentinel.fence import open_fence
 from airflow_sentinel.metastore.base import NodeReport
-from tests.support.backends import POSTGRES_URL
 from tests.support.cluster import Cluster, running_cluster, wait_until
+from tests.support.fence_db import airflow_like_database
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,7 @@ NODES = ("node-a", "node-b", "node-c")
 # The report as printed, kept for people to read: SENTINEL_TEST_SAMPLES names the folder.
 SAMPLES = Path(os.environ.get("SENTINEL_TEST_SAMPLES", "/tmp/airflow-sentinel-test-samples"))
 REPORT = SAMPLES / "doctor-report.txt"
-# Airflow's own database: the test server, with a password that must never be shown.
-AIRFLOW_DB = sa.make_url(POSTGRES_URL).set(password="s3cret-pw")
-DRIFTED_DB = AIRFLOW_DB.set(host="127.0.0.2")
+PASSWORD = "s3cret-pw"  # in Airflow's database URL: must never be shown
 DAGS = {"etl.py": "# the nightly load\nx = 1\n", "report.py": "y = 2\n"}
 
 
@@ -85,12 +84,26 @@ class Homes(Cluster):
 
 
 @pytest.fixture
-def homes(tmp_path: Path, metastore_url: str) -> Iterator[Homes]:
+def airflow_db() -> Iterator[sa.URL]:
+    """Airflow's own database: one of its own on the test server, with the tables the fence
+    guards and the fence installed (as the first controller's start would)."""
+    with airflow_like_database("postgresql") as url:
+        fence = open_fence("on", url, 10.0, 5.0)
+        assert fence is not None
+        try:
+            fence.install()
+        finally:
+            fence.close()
+        yield sa.make_url(url).set(password=PASSWORD)
+
+
+@pytest.fixture
+def homes(tmp_path: Path, metastore_url: str, airflow_db: sa.URL) -> Iterator[Homes]:
     with running_cluster(tmp_path, metastore_url) as base:
         cluster = Homes(base.root, base.metastore_url)
         try:
             for node_id in NODES:
-                cluster.setup(node_id, AIRFLOW_DB, DAGS, "2.10.5")
+                cluster.setup(node_id, airflow_db, DAGS, "2.10.5")
             yield cluster
         except BaseException:
             print(cluster.logs())
@@ -117,7 +130,10 @@ def wait_for_fingerprints(cluster: Homes, airflow_of: dict[str, str]) -> None:
     wait_until(reported, 60, f"fingerprints with Airflow {airflow_of}")
 
 
-def test_doctor_finds_each_drift_of_one_node_and_exits_by_its_findings(homes: Homes) -> None:
+def test_doctor_finds_each_drift_of_one_node_and_exits_by_its_findings(
+    homes: Homes, airflow_db: sa.URL
+) -> None:
+    drifted_db = airflow_db.set(host="127.0.0.2")
     start_paused(homes, *NODES)
     wait_for_fingerprints(homes, dict.fromkeys(NODES, "2.10.5"))
     alike = homes.doctor()
@@ -126,7 +142,7 @@ def test_doctor_finds_each_drift_of_one_node_and_exits_by_its_findings(homes: Ho
     assert alike.stdout.splitlines()[-1] == "consistent: no findings"
 
     homes.stop("node-c")
-    homes.setup("node-c", DRIFTED_DB, {**DAGS, "report.py": "y = 3\n"}, "3.3.2")
+    homes.setup("node-c", drifted_db, {**DAGS, "report.py": "y = 3\n"}, "3.3.2")
     homes.start("node-c")
     wait_for_fingerprints(homes, {"node-a": "2.10.5", "node-b": "2.10.5", "node-c": "3.3.2"})
 
@@ -136,7 +152,7 @@ def test_doctor_finds_each_drift_of_one_node_and_exits_by_its_findings(homes: Ho
     assert drifted.returncode == 1, drifted.stdout + drifted.stderr
     lines = drifted.stdout.splitlines()
     findings = [line for line in lines if line.startswith("FINDING")]
-    db, db2 = AIRFLOW_DB, DRIFTED_DB
+    db, db2 = airflow_db, drifted_db
     assert findings[0] == (
         f"FINDING  database: node-c differs (postgresql://127.0.0.2:{db2.port}/{db2.database}) "
         f"from node-a, node-b (postgresql://{db.host}:{db.port}/{db.database})"
@@ -151,7 +167,7 @@ def test_doctor_finds_each_drift_of_one_node_and_exits_by_its_findings(homes: Ho
     assert lines[-1] == "3 findings"
     assert "ok       scheduler_command: " in drifted.stdout
     assert "info     this node" not in drifted.stdout
-    assert "s3cret-pw" not in drifted.stdout + drifted.stderr
+    assert PASSWORD not in drifted.stdout + drifted.stderr
 
     as_json = json.loads(homes.doctor("--json").stdout)
     assert (as_json["schema_version"], as_json["consistent"], as_json["findings"]) == (1, False, 3)
@@ -203,3 +219,36 @@ def test_doctor_reads_the_metastore_servers_clock(homes: Homes, backend: str) ->
     # The servers run on this host: one clock, within the round trip and ZooKeeper's ms.
     assert clock["level"] == "ok", clock
     assert abs(clock["offset_s"]) <= clock["within_s"] + 0.01
+
+
+def test_doctor_finds_a_fence_trigger_that_is_gone_and_names_the_fix(
+    homes: Homes, airflow_db: sa.URL
+) -> None:
+    """What a migration that rebuilt a table leaves: the fence without one of its triggers.
+    No controller starts a scheduler so; doctor says why and what to run."""
+    start_paused(homes, "node-a")
+    wait_for_fingerprints(homes, {"node-a": "2.10.5"})
+    where = f"postgresql://{airflow_db.host}:{airflow_db.port}/{airflow_db.database}"
+    whole = homes.doctor()
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    fenced = "dag_run, task_instance, job"
+    assert f"ok       db_fence: whole in {where} at epoch 0 (fenced: {fenced})" in whole.stdout
+
+    engine = sa.create_engine(airflow_db.set(password=None))
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER sentinel_fence_task_instance ON task_instance"))
+    engine.dispose()
+    broken = homes.doctor()
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    (finding,) = [line for line in broken.stdout.splitlines() if line.startswith("FINDING")]
+    assert finding.startswith(f"FINDING  db_fence: the fence in {where} is not whole: ")
+    assert "task_instance" in finding
+    assert finding.endswith("no scheduler starts until it is: run airflow-sentinel fence install")
+    as_json = json.loads(homes.doctor("--json").stdout)
+    line = next(c for c in as_json["checks"] if c["check"] == "db_fence")
+    assert (line["level"], line["fenced"], line["epoch"]) == ("finding", ["dag_run", "job"], 0)
+
+    fixed = homes.cli("fence", "install")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert homes.doctor().returncode == 0
+    assert PASSWORD not in broken.stdout + broken.stderr

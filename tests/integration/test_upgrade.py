@@ -22,6 +22,7 @@ import pytest
 
 from airflow_sentinel.airflow_env import build_venv, ensure_airflow_venv
 from airflow_sentinel.airflow_schema import expected_head, installed_version
+from airflow_sentinel.fence import FenceState
 from airflow_sentinel.upgrade import canary, repairs, sqlite_migration
 from airflow_sentinel.upgrade.databases import open_database
 from airflow_sentinel.upgrade.installation import AirflowEnv
@@ -167,6 +168,7 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
     health, a new parse of the DAGs, and a canary task through the LocalExecutor."""
     work = site.work()
     assert len(work["task_instance"]) == 6 and len(work["xcom"]) >= 4  # there is work to lose
+    fence = site.install_fence()  # None on SQLite
     with site.controller(), target_services(site, "api-server", "dag-processor") as flags:
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
         site.leave_a_dangling_permission()  # the FAB migration refuses it: the run removes it
@@ -205,8 +207,28 @@ def test_upgrade_carries_everything_over_and_runs_the_new_scheduler(site: Site) 
         assert re.search(r"removed [1-9]\d* permission rows without an action", migrated["detail"])
         assert "invalid rows removed before the migration" in survived
         assert repairs.dangling_permissions(open_database(site.db_url)) == []
+        assert_fence_carried(site, fence, run, migrated["detail"])
 
         assert_configuration_carried(site, run)
+
+
+def assert_fence_carried(
+    site: Site, before: FenceState | None, run: dict[str, Any], migrated: str
+) -> None:
+    """Removed for the migration, installed again on the target's tables at its epoch."""
+    if before is None:
+        assert "fence" not in migrated and "fence" not in run["facts"]
+        return
+    recorded = run["facts"]["fence"]
+    assert recorded["installed"] and recorded["epoch"] >= (before.epoch or 0)
+    epoch = recorded["epoch"]
+    assert f"fence removed before the migration, installed again at epoch {epoch} (" in migrated
+    after = site.fence_state()
+    assert after is not None and after.complete, after
+    assert after.epoch is not None and after.epoch >= epoch  # a new scheduler may raise it
+    assert {"dag_run", "task_instance", "job"} <= set(after.fenced)
+    if NEW.startswith("3."):
+        assert "callback_request" not in after.fenced  # Airflow 3 dropped the table
 
 
 def assert_configuration_carried(site: Site, run: dict[str, Any]) -> None:
@@ -286,6 +308,8 @@ def test_a_dag_the_target_cannot_load_is_found_in_plan_and_stops_the_run_before_
     check = next(c for c in checks if c["name"] == "DAG compatibility")
     assert not check["ok"] and not check["blocking"]
     assert any(item.startswith("moved.py:") and " AIR302 " in item for item in check["items"])
+    fence = next(c for c in checks if c["name"] == "db fence")
+    assert fence["ok"] and not fence["blocking"] and "SQLite has no fence" in fence["detail"]
     pins = next(c for c in checks if c["name"] == "package versions")
     assert "unpinned" in pins["detail"] and f"constraints-{NEW}/" in pins["detail"]
     assert f"apache-airflow=={NEW}" in pins["items"]
@@ -330,6 +354,7 @@ def test_a_failure_after_any_step_rolls_everything_back(site: Site, step: str) -
         # on: failing after the migration and after verify covers it; the other steps'
         # undoing (files, the link, the services) does not depend on the database.
         only_on_sqlite(site)
+    fence = site.install_fence()  # None on SQLite
     rows = site.table_rows()
     cfg = (site.home / "airflow.cfg").read_bytes()
     old_env = site.env_link.resolve()
@@ -346,6 +371,25 @@ def test_a_failure_after_any_step_rolls_everything_back(site: Site, step: str) -
     assert (site.home / "airflow.cfg").read_bytes() == cfg
     assert site.env_link.resolve() == old_env
     assert "2.10.5" in site.airflow("version")
+    assert_fence_whole_after_rollback(site, fence, run)
+
+
+def assert_fence_whole_after_rollback(
+    site: Site, before: FenceState | None, run: dict[str, Any]
+) -> None:
+    """The restore brought the backup's triggers back; the rollback made the fence whole
+    at no lower an epoch (its table is never restored: it stays, or is made again)."""
+    restored = next(s for s in run["rollback"] if s["name"] == "restore-database")["detail"]
+    if before is None:
+        assert "fence" not in restored
+        return
+    after = site.fence_state()
+    assert after is not None and after.complete, after
+    assert after.epoch is not None and after.epoch >= (before.epoch or 0)
+    assert set(after.fenced) == set(before.fenced)  # the old version's tables again
+    found = re.search(r"; fence whole at epoch (\d+) \(fenced: ", restored)
+    assert found, restored
+    assert (before.epoch or 0) <= int(found.group(1)) <= after.epoch
 
 
 @contextmanager
@@ -474,6 +518,7 @@ def test_airflow_3_without_a_dag_processor_fails_verify_and_the_old_version_come
     scheduler runs again; the canary's file is gone from the DAGs folder."""
     if NEW.startswith("2."):
         pytest.skip("Airflow 2's scheduler parses the DAGs itself")
+    fence = site.install_fence()  # None on SQLite
     with site.controller():
         wait_until(site.newest_scheduler_heartbeat, 240, "the 2.10 scheduler's heartbeat", 1)
         work = {
@@ -493,6 +538,7 @@ def test_airflow_3_without_a_dag_processor_fails_verify_and_the_old_version_come
         after = site.table_rows()
         assert {t: after[t] for t in work} == work
         assert not (site.home / "dags" / canary.FILE_NAME).exists()
+        assert_fence_whole_after_rollback(site, fence, run)
 
 
 def test_in_place_upgrade_then_rollback(site: Site) -> None:

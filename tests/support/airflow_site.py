@@ -23,6 +23,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from airflow_sentinel.airflow_env import ensure_airflow_venv
+from airflow_sentinel.fence import FenceState
+from airflow_sentinel.upgrade.db_fence import open_airflow_fence
 
 OLD_EXTRAS = ("apache-airflow-providers-postgres", "pymysql")
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -370,6 +372,26 @@ class Site:
                 {"v": view, "r": role},
             )
         engine.dispose()
+
+    # -- the fence in Airflow's database ------------------------------------------------
+    def install_fence(self) -> FenceState | None:
+        """The fence installed (as a controller's start does), or None where there is none."""
+        fence = open_airflow_fence("auto", self.db_url, wait=5)
+        if fence is None:
+            return None
+        try:
+            return fence.install()
+        finally:
+            fence.close()
+
+    def fence_state(self) -> FenceState | None:
+        fence = open_airflow_fence("auto", self.db_url, wait=5)
+        if fence is None:
+            return None
+        try:
+            return fence.state()
+        finally:
+            fence.close()
 
     def newest_scheduler_heartbeat(self) -> str | None:
         url = self.db_url.replace("+psycopg2", "+psycopg")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from airflow_sentinel.config import Settings, load_settings
-from airflow_sentinel.config.airflow_cfg import load_airflow_config
+from airflow_sentinel.config.airflow_cfg import AirflowConfig, load_airflow_config
 from airflow_sentinel.controller.published import READY, Publisher
 from airflow_sentinel.doctor.compare import compare_fingerprints, describe
 from airflow_sentinel.doctor.findings import FINDING, INFO, OK, Line, Report
@@ -21,7 +21,7 @@ from airflow_sentinel.doctor.fingerprint import (
     take_fingerprint,
 )
 from airflow_sentinel.doctor.folders import Budget, folder_digest
-from airflow_sentinel.doctor.local import multi_scheduler_text, scheduler_command_line
+from airflow_sentinel.doctor.local import fence_line, multi_scheduler_text, scheduler_command_line
 from airflow_sentinel.doctor.options import (
     raw_option,
     secretless_option,
@@ -30,6 +30,7 @@ from airflow_sentinel.doctor.options import (
 )
 from airflow_sentinel.doctor.skew import Skew, measure, skew_line
 from airflow_sentinel.doctor.starters import Host, starter_lines
+from airflow_sentinel.fence import FenceError, FenceState
 from airflow_sentinel.metastore.base import NodeRecord
 from tests.support.cluster import wait_until
 
@@ -462,3 +463,108 @@ def test_a_running_controllers_fingerprint_is_taken_again_after_a_reload(tmp_pat
         assert json.loads(controller.fingerprint)["dags_folder"]["files"] == 2
     finally:
         keeper.stop()
+
+
+# -- the fence in Airflow's database --------------------------------------------------------
+class _Fence:
+    description = "postgresql+psycopg://airflow@db:5432/airflow"
+
+    def __init__(self, state: FenceState | None = None, error: str = "") -> None:
+        self._state, self._error, self.closed = state, error, False
+
+    def state(self) -> FenceState:
+        if self._error:
+            raise FenceError(self._error)
+        assert self._state is not None
+        return self._state
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _fence_config(tmp_path: Path, url: str) -> AirflowConfig:
+    (tmp_path / "airflow.cfg").write_text(f"[database]\nsql_alchemy_conn = {url}\n")
+    return load_airflow_config(tmp_path)
+
+
+PG = "postgresql+psycopg2://airflow:s3cret@db:5432/airflow"
+
+
+def test_a_whole_fence_is_ok_and_names_its_epoch_and_tables(tmp_path: Path) -> None:
+    whole = _Fence(FenceState(True, 4, ("dag_run", "task_instance", "job"), ()))
+    line = fence_line(
+        _settings(tmp_path, "airflow scheduler"),
+        _fence_config(tmp_path, PG),
+        5.0,
+        opener=lambda *args: cast(Any, whole),
+    )
+    assert (line.level, line.text) == (
+        OK,
+        "db_fence: whole in postgresql://db:5432/airflow at epoch 4 "
+        "(fenced: dag_run, task_instance, job)",
+    )
+    assert line.detail["epoch"] == 4 and whole.closed
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        (
+            FenceState(True, 4, ("dag_run", "job"), ("task_instance",)),
+            "task_instance",
+        ),
+        (FenceState(False, None, (), ("dag_run", "task_instance", "job")), "is missing"),
+        (
+            FenceState(False, None, (), (), missing_tables=("dag_run", "task_instance", "job")),
+            "run airflow db migrate, then airflow-sentinel fence install",
+        ),
+    ],
+)
+def test_a_fence_that_is_not_whole_is_a_finding_with_the_fix(
+    tmp_path: Path, state: FenceState, says: str
+) -> None:
+    line = fence_line(
+        _settings(tmp_path, "airflow scheduler"),
+        _fence_config(tmp_path, PG),
+        5.0,
+        opener=lambda *args: cast(Any, _Fence(state)),
+    )
+    assert line.level == FINDING
+    assert line.text.startswith("db_fence: the fence in postgresql://db:5432/airflow is not whole")
+    assert says in line.text and line.text.endswith("install")
+    assert "no scheduler starts until it is: run " in line.text
+
+
+def test_an_unreachable_database_is_a_finding_not_a_traceback(tmp_path: Path) -> None:
+    failing = _Fence(error="cannot read the fence in db: no answer within 5s")
+    line = fence_line(
+        _settings(tmp_path, "airflow scheduler"),
+        _fence_config(tmp_path, PG),
+        5.0,
+        opener=lambda *args: cast(Any, failing),
+    )
+    assert line.level == FINDING and "no answer within 5s" in line.text and failing.closed
+    refused = fence_line(  # a real connection, to a port where nothing listens
+        _settings(tmp_path, "airflow scheduler"),
+        _fence_config(tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/airflow"),
+        5.0,
+    )
+    assert refused.level == FINDING and refused.text.startswith("db_fence: cannot read the fence")
+    assert "s3cret" not in refused.text
+
+
+def test_no_fence_is_worth_knowing_and_on_where_there_is_none_is_a_finding(
+    tmp_path: Path,
+) -> None:
+    sqlite = _fence_config(tmp_path, f"sqlite:///{tmp_path / 'airflow.db'}")
+    auto = fence_line(_settings(tmp_path, "airflow scheduler"), sqlite, 5.0)
+    assert auto.level == INFO
+    assert auto.text.startswith("db_fence: auto, and Airflow's database is SQLite: no fence")
+    assert "one host" in auto.text
+    off = fence_line(_settings(tmp_path, "airflow scheduler", db_fence="off"), sqlite, 5.0)
+    assert off.level == INFO and off.text.startswith("db_fence: off: no fence")
+    on = fence_line(_settings(tmp_path, "airflow scheduler", db_fence="on"), sqlite, 5.0)
+    assert on.level == FINDING and "needs Airflow's database on PostgreSQL" in on.text
+    driver = _fence_config(tmp_path, "mysql+mysqlconnector://a:b@db/airflow")
+    unable = fence_line(_settings(tmp_path, "airflow scheduler"), driver, 5.0)
+    assert unable.level == INFO and "cannot run an init_command" in unable.text

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from airflow_sentinel.airflow_schema import expected_head, installed_version
 from airflow_sentinel.errors import UserError
-from airflow_sentinel.upgrade import files
+from airflow_sentinel.fence import DbFence, FenceError, FenceState
+from airflow_sentinel.upgrade import db_fence, files, steps
 from airflow_sentinel.upgrade.command import scheduler_downtime
 from airflow_sentinel.upgrade.configure import (
     Maps,
@@ -26,7 +28,7 @@ from airflow_sentinel.upgrade.installation import AirflowEnv, UpgradeError, pars
 from airflow_sentinel.upgrade.journal import DONE, Journal, Run, StepRecord
 from airflow_sentinel.upgrade.plan import parse_target
 from airflow_sentinel.upgrade.services import LocalServices, ServiceSet
-from airflow_sentinel.upgrade.steps import FORWARD, check_configured_from, forward_steps
+from airflow_sentinel.upgrade.steps import FORWARD, Context, check_configured_from, forward_steps
 
 OLD_DEFAULTS = """[core]
 # The folder
@@ -421,3 +423,212 @@ def test_stopping_a_target_unit_that_is_not_installed_yet_is_not_a_failure(
     assert services.start("new") == "started the new version's airflow-api-server"
     with pytest.raises(UpgradeError, match="systemctl stop broken failed"):
         LocalServices(old=ServiceSet(("broken",))).stop()
+
+
+# -- the fence in Airflow's database across an upgrade ---------------------------------------
+FENCED = ("dag_run", "task_instance", "job")
+
+
+class FakeFence:
+    """The fence's calls the upgrade makes, on an imaginary database: removing it drops its
+    table (and so its epoch), installing creates the table at epoch 0 if it is missing."""
+
+    description = "postgresql+psycopg://airflow@db:5432/airflow"
+
+    def __init__(self, epoch: int | None = 7, fenced: tuple[str, ...] = FENCED) -> None:
+        self.table = epoch is not None or bool(fenced)
+        self.epoch = epoch
+        self.fenced = fenced
+        self.tables: tuple[str, ...] = FENCED  # what the migration leaves: install fences these
+        self.calls: list[str] = []
+        self.fail: str = ""  # the call that raises a FenceError
+        self.closed = False
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.fail == name:
+            raise FenceError(f"cannot {name} the fence in {self.description}: no answer")
+
+    def state(self) -> FenceState:
+        self._call("state")
+        unfenced = tuple(t for t in self.tables if t not in self.fenced)
+        return FenceState(self.table, self.epoch, self.fenced, unfenced)
+
+    def remove(self) -> None:
+        self._call("remove")
+        self.table, self.epoch, self.fenced = False, None, ()
+
+    def install(self) -> FenceState:
+        self._call("install")
+        if not self.table:
+            self.table, self.epoch = True, 0
+        self.fenced = self.tables
+        return self.state()
+
+    def reset(self, epoch: int) -> None:
+        self._call(f"reset {epoch}")
+        self.epoch = epoch
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _as_fence(fake: FakeFence) -> DbFence:
+    return cast(DbFence, fake)
+
+
+def test_the_fence_is_recorded_before_it_is_removed_and_a_resumed_step_keeps_the_record() -> None:
+    fake, saved = FakeFence(epoch=7), []
+    facts: dict[str, Any] = {}
+    assert db_fence.remove_before_migration(_as_fence(fake), facts, lambda: saved.append(1))
+    assert facts["fence"]["installed"] and facts["fence"]["epoch"] == 7
+    assert saved == [1] and fake.calls == ["state", "remove"]
+    # A kill -9 after the removal, then resume: the fence is gone, the record stands.
+    assert db_fence.remove_before_migration(_as_fence(fake), facts, lambda: saved.append(2))
+    assert facts["fence"]["epoch"] == 7 and saved == [1]
+
+
+def test_after_the_migration_the_fence_is_installed_on_its_tables_at_the_epoch_it_had() -> None:
+    fake = FakeFence(epoch=7, fenced=(*FENCED, "callback_request"))
+    facts: dict[str, Any] = {}
+    db_fence.remove_before_migration(_as_fence(fake), facts, lambda: None)
+    fake.tables = (*FENCED, "deadline")  # Airflow 3 dropped callback_request, added deadline
+    note = db_fence.install_after_migration(_as_fence(fake), facts)
+    assert note == (
+        "; fence removed before the migration, installed again at epoch 7 "
+        "(fenced: dag_run, task_instance, job, deadline)"
+    )
+    assert [c for c in fake.calls if c != "state"] == ["remove", "install", "reset 7"]
+
+
+def test_no_fence_before_the_migration_is_left_alone() -> None:
+    fake = FakeFence(epoch=None, fenced=())
+    facts: dict[str, Any] = {}
+    assert not db_fence.remove_before_migration(_as_fence(fake), facts, lambda: None)
+    assert "remove" not in fake.calls
+    assert "no fence was installed" in db_fence.install_after_migration(_as_fence(fake), facts)
+    assert "install" not in fake.calls
+    assert db_fence.repair_after_restore(_as_fence(fake), facts) == ""
+    assert "install" not in fake.calls
+
+
+def test_a_fence_that_is_not_whole_after_the_migration_fails_the_step() -> None:
+    fake = FakeFence(epoch=3)
+    facts: dict[str, Any] = {}
+    db_fence.remove_before_migration(_as_fence(fake), facts, lambda: None)
+    fake.install = lambda: FenceState(True, 3, ("dag_run",), ("task_instance", "job"))  # type: ignore[method-assign]
+    with pytest.raises(UpgradeError, match="not whole after the migration: the tables "):
+        db_fence.install_after_migration(_as_fence(fake), facts)
+
+
+def test_a_fence_that_cannot_be_read_or_removed_is_one_line_naming_when() -> None:
+    fake = FakeFence()
+    fake.fail = "remove"
+    with pytest.raises(UpgradeError, match=r"^before the migration: cannot remove the fence"):
+        db_fence.remove_before_migration(_as_fence(fake), {}, lambda: None)
+    fake.fail = "install"
+    with pytest.raises(UpgradeError, match=r"^after the restore: cannot install the fence"):
+        db_fence.repair_after_restore(_as_fence(fake), {"fence": {"installed": True, "epoch": 7}})
+
+
+def test_after_a_restore_the_fence_is_whole_and_its_epoch_never_goes_down() -> None:
+    record = {"fence": {"installed": True, "epoch": 7}}
+    lost = FakeFence(epoch=None, fenced=FENCED)  # the restore brought the triggers, no table
+    assert db_fence.repair_after_restore(_as_fence(lost), record) == (
+        "; fence whole at epoch 7 (fenced: dag_run, task_instance, job)"
+    )
+    raised = FakeFence(epoch=9, fenced=())  # the new scheduler raised it during the run
+    assert "at epoch 9" in db_fence.repair_after_restore(_as_fence(raised), record)
+    assert not any(c.startswith("reset") for c in raised.calls)
+    # No record (the step was killed before it made one) but a fence there: made whole.
+    assert "at epoch 4" in db_fence.repair_after_restore(_as_fence(FakeFence(4, ())), {})
+
+
+def _migrate_ctx(fake: FakeFence | None, facts: dict[str, Any]) -> Context:
+    run = SimpleNamespace(to_version="3.3.2", facts=facts, cluster_role="leader")
+    ctx = SimpleNamespace(
+        run=run,
+        leader=True,
+        journal=SimpleNamespace(save=lambda _run: None),
+        open_fence=lambda: None if fake is None else _as_fence(fake),
+    )
+    return cast(Context, ctx)
+
+
+def test_the_migrate_step_removes_the_fence_around_the_migration_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, seen = FakeFence(epoch=5), []
+
+    def migration(ctx: Context, command: list[str]) -> str:
+        seen.append(fake.table)
+        return f"airflow {' '.join(command)}; schema at abc; rows of all 40 tables survived"
+
+    monkeypatch.setattr(steps, "_migrate", migration)
+    done = steps.migrate(_migrate_ctx(fake, {}))
+    assert seen == [False]  # no fence during the migration
+    assert done == (
+        "airflow db migrate; schema at abc; rows of all 40 tables survived; fence removed "
+        "before the migration, installed again at epoch 5 (fenced: dag_run, task_instance, job)"
+    )
+    assert fake.closed
+    assert steps.migrate(_migrate_ctx(None, {})).endswith("tables survived")  # SQLite, off
+
+
+def test_a_failed_migration_leaves_the_fence_removed_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def migration(ctx: Context, command: list[str]) -> str:
+        raise UpgradeError("rows lost in the migration: task_instance: 6 -> 0: 6 rows lost")
+
+    monkeypatch.setattr(steps, "_migrate", migration)
+    fake = FakeFence(epoch=5)
+    facts: dict[str, Any] = {}
+    with pytest.raises(UpgradeError, match="6 rows lost; the fence is removed from Airflow's"):
+        steps.migrate(_migrate_ctx(fake, facts))
+    assert "install" not in fake.calls and fake.closed
+    assert facts["fence"]["epoch"] == 5  # for the rollback's repair
+
+
+def test_the_fence_is_there_only_where_the_settings_give_one() -> None:
+    assert db_fence.open_airflow_fence("off", "postgresql://db/airflow", 10) is None
+    assert db_fence.open_airflow_fence("auto", "sqlite:////tmp/airflow.db", 10) is None
+    with pytest.raises(UserError, match="db_fence = on needs Airflow's database on PostgreSQL"):
+        db_fence.open_airflow_fence("on", "sqlite:////tmp/airflow.db", 10)
+    # A driver that cannot give the scheduler's connections an epoch: no fence under auto.
+    assert db_fence.open_airflow_fence("auto", "mysql+mysqlconnector://db/airflow", 10) is None
+    assert "cannot run an init_command" in db_fence.why_none(
+        "auto", "mysql+mysqlconnector://db/airflow"
+    )
+    assert db_fence.why_none("auto", "sqlite:////tmp/airflow.db").startswith("SQLite has no")
+
+
+@pytest.mark.parametrize(
+    ("airflow_url", "ours"),
+    [
+        ("postgresql+psycopg2://airflow:pw@db:5432/airflow", "postgresql+psycopg"),
+        ("postgresql://airflow:pw@db:5432/airflow", "postgresql+psycopg"),
+        ("mysql://airflow:pw@db:3306/airflow", "mysql+pymysql"),
+        ("mysql+mysqldb://airflow:pw@db:3306/airflow", "mysql+pymysql"),
+    ],
+)
+def test_the_fence_connects_with_this_programs_driver_not_airflows(
+    airflow_url: str, ours: str
+) -> None:
+    fence = db_fence.open_airflow_fence("auto", airflow_url, 10)
+    assert fence is not None
+    try:
+        assert fence.url.startswith(f"{ours}://") and "pw" not in fence.description
+    finally:
+        fence.close()
+
+
+def test_the_plan_reports_the_fence_without_blocking_the_run(tmp_path: Path) -> None:
+    fine, detail = db_fence.plan_line("auto", f"sqlite:///{tmp_path}/airflow.db", 10)
+    assert fine and detail.startswith("none (SQLite has no fence (db_fence = auto))")
+    fine, detail = db_fence.plan_line("off", "postgresql://db/airflow", 10)
+    assert fine and "db_fence = off" in detail
+    fine, detail = db_fence.plan_line("on", f"sqlite:///{tmp_path}/airflow.db", 10)
+    assert not fine and "no controller starts a scheduler" in detail
+    fine, detail = db_fence.plan_line("auto", "postgresql://nobody:pw@127.0.0.1:1/airflow", 10)
+    assert not fine and detail.startswith("cannot read the fence in ") and ":pw@" not in detail

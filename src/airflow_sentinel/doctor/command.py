@@ -15,7 +15,11 @@ from airflow_sentinel.config.airflow_cfg import load_airflow_config
 from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.doctor.compare import compare_fingerprints
 from airflow_sentinel.doctor.findings import INFO, Line, Report
-from airflow_sentinel.doctor.local import multi_scheduler_line, scheduler_command_line
+from airflow_sentinel.doctor.local import (
+    fence_line,
+    multi_scheduler_line,
+    scheduler_command_line,
+)
 from airflow_sentinel.doctor.skew import clock_line
 from airflow_sentinel.doctor.starters import Host, starter_lines
 from airflow_sentinel.status import ClusterState, read_cluster
@@ -44,13 +48,15 @@ def doctor(as_json: bool, **flags: Any) -> None:
 def diagnose(settings: Settings, state: ClusterState, host: Host) -> Report:
     """The whole report: the cluster's fingerprints, then this node's own checks."""
     live = [node for node in state.nodes if state.alive(node)]
+    airflow_cfg = load_airflow_config(Path(settings.airflow_home))
     lines = [
         *compare_fingerprints(live, state.active_node),
         *this_node_lines(settings, [n.node_id for n in live]),
         *starter_lines(settings.scheduler_argv, host),
         scheduler_command_line(settings),
         clock_line(settings.metastore, OP_TIMEOUT, settings.lease_ttl),
-        multi_scheduler_line(load_airflow_config(Path(settings.airflow_home)), OP_TIMEOUT),
+        multi_scheduler_line(airflow_cfg, OP_TIMEOUT),
+        fence_line(settings, airflow_cfg, OP_TIMEOUT),
     ]
     return Report(state.metastore, settings.node_id, [n.node_id for n in live], lines)
 

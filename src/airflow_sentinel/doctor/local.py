@@ -1,9 +1,11 @@
-"""Checks of this node alone: the scheduler command, and what Airflow's database allows."""
+"""Checks of this node alone: the scheduler command, and what Airflow's database allows
+(several schedulers, the fence)."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,7 +17,9 @@ from airflow_sentinel.deadline import call_with_deadline
 from airflow_sentinel.doctor.findings import FINDING, INFO, OK, Line
 from airflow_sentinel.doctor.options import plain_option, sql_identity
 from airflow_sentinel.errors import UserError
+from airflow_sentinel.fence import DbFence, FenceError, FenceState
 from airflow_sentinel.metastore.urls import normalize_metastore_url
+from airflow_sentinel.upgrade.db_fence import open_airflow_fence, why_none
 
 MYSQL_WITH_SKIP_LOCKED = 8
 
@@ -128,4 +132,95 @@ def multi_scheduler_text(server: str, row_level_locking: bool = True) -> str:
         f"multi-scheduler: Airflow's database is {server}, on which Airflow does not support "
         "several schedulers (no SELECT ... SKIP LOCKED it can rely on): this is why exactly "
         "one must run"
+    )
+
+
+FenceOpener = Callable[[str, str, float, float], "DbFence | None"]
+FENCE_FIX = "airflow-sentinel fence install"
+
+
+def fence_line(
+    settings: Settings,
+    config: AirflowConfig,
+    timeout: float,
+    opener: FenceOpener = open_airflow_fence,
+) -> Line:
+    """The fence in Airflow's database that rejects a stale scheduler's writes: whole, or
+    what is wrong with it and the fix. The controller starts no scheduler without it."""
+    mode = settings.db_fence
+    if mode == "off":
+        return Line(
+            INFO,
+            "db_fence",
+            "db_fence: off: no fence in Airflow's database (a scheduler on a host that froze "
+            "and came back is stopped by its own controller only)",
+            {"mode": mode},
+        )
+    try:
+        url = config.sql_alchemy_conn()
+        where = sql_identity(url)
+        fence = opener(mode, url, settings.db_fence_wait, timeout)
+    except UserError as exc:
+        return Line(
+            FINDING,
+            "db_fence",
+            f"db_fence: {exc}; `start` refuses it",
+            {"mode": mode, "problem": str(exc)},
+        )
+    except (ValueError, SQLAlchemyError, OSError, ImportError) as exc:
+        return Line(
+            FINDING,
+            "db_fence",
+            f"db_fence: Airflow's database could not be asked ({type(exc).__name__}); "
+            "the fence is not known to be whole",
+            {"mode": mode},
+        )
+    if fence is None:
+        return Line(INFO, "db_fence", _no_fence_text(mode, url), {"mode": mode, "database": where})
+    try:
+        state = fence.state()
+    except FenceError as exc:
+        return Line(
+            FINDING,
+            "db_fence",
+            f"db_fence: {exc}; no scheduler starts while the fence cannot be read",
+            {"mode": mode, "database": where},
+        )
+    finally:
+        fence.close()
+    return fence_state_line(mode, where, state)
+
+
+def _no_fence_text(mode: str, url: str) -> str:
+    if url.lower().startswith("sqlite"):
+        return (
+            f"db_fence: {mode}, and Airflow's database is SQLite: no fence (a file on one "
+            "host, so no scheduler of another host can write to it)"
+        )
+    return f"db_fence: no fence in Airflow's database ({why_none(mode, url)})"
+
+
+def fence_state_line(mode: str, where: str, state: FenceState) -> Line:
+    detail = {
+        "mode": mode,
+        "database": where,
+        "epoch": state.epoch,
+        "fenced": list(state.fenced),
+    }
+    problem = state.problem()
+    if problem is None:
+        return Line(
+            OK,
+            "db_fence",
+            f"db_fence: whole in {where} at epoch {state.epoch} "
+            f"(fenced: {', '.join(state.fenced)})",
+            detail,
+        )
+    fix = FENCE_FIX if not state.missing_tables else f"airflow db migrate, then {FENCE_FIX}"
+    return Line(
+        FINDING,
+        "db_fence",
+        f"db_fence: the fence in {where} is not whole: {problem}; no scheduler starts "
+        f"until it is: run {fix}",
+        {**detail, "problem": problem},
     )

@@ -123,6 +123,7 @@ def _checks(
         pf.dag_lint_check(inst, target),
         pf.services_check(inst, target),
         pf.pins_check(inst, to_version, constraints),
+        pf.fence_check(inst, load_settings({})),
     ]
     lock = controllers.lock()
     if lock is None:
@@ -388,6 +389,8 @@ def _context(
         stale_after=max(settings.lease_ttl, 3 * settings.renew_interval),
         canary=bool(checks.get("canary", True)),
         api_url=str(checks.get("api_url", "")),
+        fence_mode=settings.db_fence,
+        fence_wait=settings.db_fence_wait,
     )
 
 

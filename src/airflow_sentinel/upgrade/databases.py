@@ -1,8 +1,11 @@
 """Backup and restore of Airflow's metadata database, one class per database type.
 
 The sentinel's own tables (``sentinel_*``) are left out of both: a restore must never move
-a lease epoch backwards or drop the upgrade lock. Passwords go to the dump tools through
-their environment or a private option file, never through their argument list.
+a lease epoch backwards or drop the upgrade lock. The fence's triggers and check (see
+airflow_sentinel.fence) are dumped with Airflow's tables and come back with them; its
+table, like all of ours, does not (db_fence says what the rollback does about that).
+Passwords go to the dump tools through their environment or a private option file, never
+through their argument list.
 """
 
 from __future__ import annotations
@@ -96,7 +99,15 @@ class Database(ABC):
             argv, env=env, stderr=subprocess.PIPE, text=True, check=False, **kwargs
         )
         if done.returncode != 0:
-            raise UpgradeError(scrub(f"{argv[0]} failed: {last_line(done.stderr)}", self.url))
+            raise UpgradeError(scrub(f"{argv[0]} failed: {_tool_error(done.stderr)}", self.url))
+
+
+def _tool_error(stderr: str) -> str:
+    """The tool's own error line (pg_restore follows it with the SQL that failed)."""
+    for line in stderr.splitlines():
+        if "error:" in line.lower() or line.upper().startswith("ERROR"):
+            return line.strip()[:300]
+    return last_line(stderr)
 
 
 def _tool(*names: str) -> str | None:
@@ -184,6 +195,13 @@ def _copy_sqlite_objects(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM backup.sqlite_sequence")
 
 
+# The functions in the schema, by name and with their argument types (to drop them by).
+FUNCTIONS = (
+    "SELECT p.proname, p.oid::regprocedure::text FROM pg_proc p "
+    "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()"
+)
+
+
 class PostgresDatabase(Database):
     suffix = "pgdump"
     tools = ("pg_dump", "pg_restore")
@@ -249,6 +267,12 @@ class PostgresDatabase(Database):
                     for (name,) in conn.execute(sa.text(query)).fetchall():
                         if not name.startswith(OWN_PREFIX):
                             conn.execute(sa.text(f'DROP {kind} IF EXISTS "{name}" CASCADE'))
+                # The fence's check: pg_dump dumped it (and its triggers, with the tables
+                # they are on), and pg_restore creates it again, which it cannot beside one
+                # that exists. Its triggers went with their tables; its table stays.
+                for name, function in conn.execute(sa.text(FUNCTIONS)).fetchall():
+                    if name.startswith(OWN_PREFIX):
+                        conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
         except SQLAlchemyError as exc:
             raise UpgradeError(self._explain("cannot clear the database", exc)) from None
         finally:

@@ -14,8 +14,9 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.airflow_env import env_dir_name
+from airflow_sentinel.config.settings import Settings
 from airflow_sentinel.errors import SentinelError, UserError
-from airflow_sentinel.upgrade import dag_lint, repairs
+from airflow_sentinel.upgrade import dag_lint, db_fence, repairs
 from airflow_sentinel.upgrade.databases import Database
 from airflow_sentinel.upgrade.installation import Installation, UpgradeError
 from airflow_sentinel.upgrade.services import AIRFLOW_3_SERVICES
@@ -206,6 +207,12 @@ def permissions_check(database: Database) -> Check:
         "on them, so the migrate step removes them after the backup",
         blocking=False,
     )
+
+
+def fence_check(inst: Installation, settings: Settings) -> Check:
+    """Informational: the fence in Airflow's database, and what the run does with it."""
+    fine, detail = db_fence.plan_line(settings.db_fence, inst.db_url, settings.db_fence_wait)
+    return Check("db fence", fine, detail, blocking=False)
 
 
 def tools_check(database: Database) -> Check:

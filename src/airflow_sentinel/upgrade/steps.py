@@ -16,9 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_sentinel.airflow_env import COMPLETE, build_venv, requirement_key
 from airflow_sentinel.airflow_schema import database_revision, expected_head, installed_version
+from airflow_sentinel.errors import UserError
+from airflow_sentinel.fence import DbFence
 from airflow_sentinel.upgrade import (
     canary,
     configure,
+    db_fence,
     files,
     repairs,
     sqlite_migration,
@@ -50,6 +53,20 @@ class Context:
     journal_error: str = ""  # the last failure to write the journal, if any
     canary: bool = True  # verify runs a task of ours through the executor
     api_url: str = ""  # verify asks the api-server (webserver on 2.x) for its health
+    fence_mode: str = "off"  # the settings' db_fence: auto, on or off
+    fence_wait: float = 10.0  # the settings' db_fence_wait
+
+    def open_fence(self) -> DbFence | None:
+        """The fence of Airflow's database, where the settings give one (see db_fence)."""
+        try:
+            return db_fence.open_airflow_fence(
+                self.fence_mode, self.installation.db_url, self.fence_wait
+            )
+        except UserError as exc:
+            # db_fence = on where there can be none: the controller refuses to start, and
+            # says why; the upgrade has no fence to look after.
+            log.warning("%s", exc)
+            return None
 
     @property
     def dags_folder(self) -> Path:
@@ -336,6 +353,31 @@ def migrate(ctx: Context) -> str:
     version = ctx.run.to_version
     major_minor = tuple(int(p) for p in version.split(".")[:2])
     command = ["db", "migrate"] if major_minor >= (2, 7) else ["db", "upgrade"]
+    fence = ctx.open_fence()
+    try:
+        removed = fence is not None and db_fence.remove_before_migration(
+            fence, ctx.run.facts, lambda: ctx.journal.save(ctx.run)
+        )
+        try:
+            done = _migrate(ctx, command)
+        except UpgradeError as exc:
+            if not removed:
+                raise
+            raise UpgradeError(
+                f"{exc}; the fence is removed from Airflow's database until the run is "
+                "rolled back or resumed"
+            ) from None
+        if fence is not None:
+            done += db_fence.install_after_migration(fence, ctx.run.facts)
+    finally:
+        if fence is not None:
+            fence.close()
+    return done
+
+
+def _migrate(ctx: Context, command: list[str]) -> str:
+    """The migration itself, its schema and the survival of every table's rows."""
+    version = ctx.run.to_version
     sqlite = ctx.database if isinstance(ctx.database, SqliteDatabase) else None
     repaired = _remove_dangling_rows(ctx)
     ctx.new_env.run(
@@ -384,7 +426,7 @@ def _check_survival(ctx: Context) -> str:
     report = ctx.folder / "survival.txt"
     _private_write(report, "\n".join(result.lines) + "\n")
     ctx.run.facts["survival"] = result.lines
-    line = survival.summary(result, len(before))
+    line = survival.summary(result)
     if not result.ok:
         raise UpgradeError(f"{line} (all tables in {report})")
     return line
@@ -581,7 +623,14 @@ def restore_database(ctx: Context) -> str:
     if not (ctx.leader and ctx.run.step("backup").state == DONE and ctx.run.reached("migrate")):
         return "the database was not changed"
     ctx.database.restore(ctx.db_backup)
-    return f"restored from {ctx.db_backup.name}"
+    done = f"restored from {ctx.db_backup.name}"
+    fence = ctx.open_fence()
+    if fence is not None:
+        try:
+            done += db_fence.repair_after_restore(fence, ctx.run.facts)
+        finally:
+            fence.close()
+    return done
 
 
 def restore_config(ctx: Context) -> str:

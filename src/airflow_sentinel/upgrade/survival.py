@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from packaging.version import Version
 
+from airflow_sentinel.upgrade.databases import OWN_PREFIX
+
 
 @dataclass(frozen=True)
 class SchemaChange:
@@ -80,7 +82,9 @@ def compare(
     changes = crossed(from_version, to_version)
     removed = removed or {}
     lines, losses = [], []
-    for table in sorted(before):
+    # Ours (the fence's table among them) are not Airflow's: the migrate step removes the
+    # fence and installs it again itself, and the backup leaves them out.
+    for table in sorted(t for t in before if not t.startswith(OWN_PREFIX)):
         line, lost = _follow(table, before[table] - removed.get(table, 0), after, changes)
         if removed.get(table):
             line += f" ({removed[table]} invalid rows removed before the migration)"
@@ -117,7 +121,9 @@ def _follow(
     return f"{table}: {count} -> {where}", False
 
 
-def summary(result: Survival, tables: int) -> str:
+def summary(result: Survival, tables: int | None = None) -> str:
+    if tables is None:
+        tables = len(result.lines)
     if result.ok:
         return f"rows of all {tables} tables survived"
     return "rows lost in the migration: " + "; ".join(result.losses)
