@@ -3,8 +3,10 @@
 A table of ours holds the current epoch of the scheduler service. Triggers on the tables
 through which a scheduler changes what runs reject a write from a connection that carries
 an older epoch. The scheduler's connections carry the epoch the controller started it with
-(a session setting); connections without one (api-server, webserver, workers, migrations,
-people) are not affected.
+(a session setting), and so do the processes it forks (Airflow 2's DAG processor and
+LocalExecutor task processes). Connections without one (api-server, webserver, Celery
+workers, Airflow 3's task runners, which go through the api-server, migrations, people)
+are not affected.
 
 A write that passed the check holds a shared lock until its transaction ends; raising the
 epoch takes the lock exclusively, so it waits for every such transaction to end (commit or

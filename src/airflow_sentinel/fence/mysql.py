@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -128,13 +128,11 @@ class MySql(Dialect):
         return {t for t in tables if all((_trigger(t, s), t) in names for s in OPERATIONS)}
 
     def existing_tables(self, conn: Connection, names: tuple[str, ...]) -> set[str]:
-        rows = conn.execute(
-            text(
-                "SELECT TABLE_NAME FROM information_schema.TABLES "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'"
-            )
-        )
-        return {r[0] for r in rows if r[0] in names}
+        query = text(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME IN :names"
+        ).bindparams(bindparam("names", expanding=True))
+        return {r[0] for r in conn.execute(query, {"names": list(names)})}
 
     def backend_id(self, conn: Connection) -> int:
         return int(conn.execute(text("SELECT CONNECTION_ID()")).scalar_one())
