@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from airflow_sentinel.airflow_env import ensure_airflow_venv
 from airflow_sentinel.fence import REJECTION
 from airflow_sentinel.metastore.base import EventRecord
+from airflow_sentinel.soak.probe import boottime, process_start
 from tests.support.cluster import Cluster, running_cluster, wait_until
 from tests.support.fence_db import scheduler_engine
 from tests.support.fenced_airflow import (
@@ -329,11 +330,12 @@ def test_an_open_transaction_of_the_old_epoch_delays_the_next_scheduler(world: W
     assert world.events("scheduler_started", "b", mark) == []
     held.commit()
     committed = time.time()
+    committed_boot = boottime()  # psutil's create_time is off by up to 1 s (btime is whole)
     held.close()
     [new] = wait_until(world.groups["b"].schedulers, 60, "b's scheduler", 0.05)
     [raised] = world.events("db_fence_raised", "b", mark)
     [started] = world.events("scheduler_started", "b", mark)
-    assert new.create_time() >= committed - 0.05
+    assert process_start(new.pid) >= committed_boot - 0.05
     assert started.wall >= committed - 1.0  # the event's age has a resolution of its own
     assert "ended" not in raised.event.detail
     assert updated_at(world, run_id).startswith(MARKERS[0])
@@ -341,20 +343,25 @@ def test_an_open_transaction_of_the_old_epoch_delays_the_next_scheduler(world: W
     print(
         f"\n{world.site.version}/{world.site.backend}: b's raise waited (last attempt "
         f"{waited_ms(raised):.0f} ms), commit {first_wait:.2f}s after the waiting event; "
-        f"scheduler started {new.create_time() - committed:.2f}s after the commit"
+        f"scheduler started {process_start(new.pid) - committed_boot:.2f}s after the commit"
     )
     job_b = wait_until(lambda: world.beating_job(job_a.id), SLOW, "b's scheduler heartbeat", 0.5)
 
     # 2. Never committed: ended after db_fence_wait, its write rolled back.
+    a_stuck_transaction_is_ended(world, run_id, job_b, wait)
+
+
+def a_stuck_transaction_is_ended(
+    world: World, run_id: int, job_b: SchedulerJob, wait: float
+) -> None:
+    cluster = world.cluster
     epoch_b = cluster.epoch()
     stuck = hold_write(world, epoch_b, run_id, MARKERS[1])
     start_standby(world, "a", db_fence_wait=f"{wait:g}")
     mark = world.last_event_id()
     world.groups["b"].kill_all()
     wait_until(lambda: cluster.active() == "a", 90, "a to take over", 0.2)
-    [waiting] = wait_until(
-        lambda: world.events("db_fence_waiting", "a", mark), 30, "a's raise to wait", 0.05
-    )
+    wait_until(lambda: world.events("db_fence_waiting", "a", mark), 30, "a's raise to wait", 0.05)
     assert world.groups["a"].schedulers() == []
     [ended] = wait_until(
         lambda: world.events("db_fence_raised", "a", mark, "ended"), 60, "a to end it", 0.1
@@ -401,10 +408,10 @@ def test_no_scheduler_starts_while_the_fence_is_not_whole(world: World) -> None:
     assert world.events("scheduler_started", "a", mark) == []
     assert cluster.cli("fence", "status").returncode == 1
 
-    installing = time.time()  # the controller may start it before the command exits
+    installing = boottime()  # the controller may start it before the command exits
     done = cluster.cli("fence", "install")
     assert done.returncode == 0, done.stdout + done.stderr
     [new] = wait_until(world.groups["a"].schedulers, 90, "a scheduler again", 0.1)
-    assert new.create_time() >= installing
+    assert process_start(new.pid) >= installing
     assert cluster.cli("fence", "status").returncode == 0
     assert cluster.active() == "a"

@@ -26,21 +26,12 @@ from airflow_sentinel.fence import (
 )
 
 log = logging.getLogger("airflow_sentinel")
-OP_TIMEOUT = 10.0
 SERVICE = "scheduler"
 PRIVILEGES = (
     "PostgreSQL: CREATE on the schema and ownership of Airflow's tables (the user Airflow "
     "connects as has both); MySQL/MariaDB: CREATE, DROP, TRIGGER and CREATE ROUTINE on "
     "Airflow's database (with binary logging on, also log_bin_trust_function_creators = 1)"
 )
-
-
-def fence_for(settings: Settings, mode: str | None = None) -> DbFence | None:
-    """The fence of the Airflow database this node's scheduler uses."""
-    airflow_db = load_airflow_config(Path(settings.airflow_home)).sql_alchemy_conn()
-    return open_fence(
-        mode or settings.db_fence, airflow_db, settings.renew_interval, settings.db_fence_wait
-    )
 
 
 @contextmanager
