@@ -12,14 +12,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from airflow_sentinel.soak import hosts
+from airflow_sentinel.soak import freezer, hosts
 from airflow_sentinel.soak.checker import check
+from airflow_sentinel.soak.freezer import NodeFreezer
 from airflow_sentinel.soak.nemesis import (
     FREEZE_METASTORE,
+    FREEZE_NODE,
     KINDS,
     PARTITION,
     RESTART_METASTORE,
@@ -52,6 +55,8 @@ def what_is_left(owner: int, out: Path) -> list[str]:
         if line.startswith(f"{hosts.PREFIX}{owner}-")
     ]
     left += [name for name in hosts._links() if name.startswith(f"{hosts.PREFIX}{owner}")]
+    if freezer.soak_dir(owner).exists():
+        left.append(str(freezer.soak_dir(owner)))
     for proc in psutil.process_iter(["cmdline", "pid"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
@@ -72,12 +77,112 @@ def test_short_soak_finds_no_overlap(backend: str, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] and summary["overlaps"] == 0 and summary["orphaned_children"] == 0
     serverless = {PARTITION, RESTART_METASTORE, FREEZE_METASTORE}
-    expected = set(KINDS) - (serverless if backend == "sqlite" else set())
+    # A whole-node freeze needs Airflow's database: see the tests with --airflow-db.
+    expected = set(KINDS) - {FREEZE_NODE} - (serverless if backend == "sqlite" else set())
     counts = {row["kind"]: row["faults"] + row["not_injected"] for row in summary["by_kind"]}
     assert counts == dict.fromkeys(expected, 2)
     assert summary["all"]["unrecovered"] == 0
     assert (out / "timeline.svg").read_text().startswith("<svg")
     assert what_is_left(run.pid, out) == []
+
+
+def freeze_node_soak(out: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Whole-node freezes only, with Airflow's database (whose writes are checked); the
+    metastore on SQLite, the cheapest (the freeze is of the node, not of the metastore)."""
+    run = soak(
+        out, "--backend", "sqlite", "--kinds", FREEZE_NODE, "--airflow-db", "postgresql", *args
+    )
+    output, _ = run.communicate(timeout=900)
+    return run, output
+
+
+def freezes(summary: dict[str, Any]) -> dict[str, Any]:
+    rows = summary["by_kind"]
+    assert isinstance(rows, list)
+    [row] = [r for r in rows if r["kind"] == FREEZE_NODE]
+    assert isinstance(row, dict)
+    return row
+
+
+def test_whole_node_freezes_with_the_fence_leave_no_overlapping_write(tmp_path: Path) -> None:
+    """The active node frozen whole, its guard too, past the lease: another takes over and
+    writes; the thawed scheduler runs on a moment before its guard kills it, and whatever
+    it writes then, the fence rejects."""
+    out = tmp_path / "soak"
+    run, output = freeze_node_soak(out, "--each", "3", "--seed", "5")
+    assert run.returncode == 0, output
+    summary = json.loads((out / "summary.json").read_text())
+    print(output)  # the figures, for the record (-s)
+    row = freezes(summary)
+    assert row["faults"] >= 1 and row["unrecovered"] == 0  # injected and healed
+    assert summary["overlaps"] == 0 and summary["orphaned_children"] == 0
+    assert summary["writes"] > 0 and summary["overlapping_writes"] == 0
+    history = json.loads((out / "history.json").read_text())
+    # Every connection carried the epoch its scheduler was started with, and the fence
+    # ended at the last one.
+    assert all(str(w["epoch"]) == w["session_epoch"] for w in history["writes"])
+    assert summary["fence_epoch"] == max(int(w["epoch"]) for w in history["writes"])
+    assert what_is_left(run.pid, out) == []
+
+
+def test_without_the_fence_a_thawed_node_writes_over_its_successor(tmp_path: Path) -> None:
+    """The control: the same faults with db_fence = off. The thawed scheduler's write after
+    its successor's first one is committed, and the checker fails the run for it (the
+    guard, thawed with it, kills it within milliseconds, but not before it writes)."""
+    out = tmp_path / "soak"
+    run, output = freeze_node_soak(out, "--each", "4", "--seed", "5", "--db-fence", "off")
+    summary = json.loads((out / "summary.json").read_text())
+    print(output)
+    assert run.returncode == 1, output
+    assert freezes(summary)["faults"] >= 1
+    assert summary["overlaps"] == 0  # what ran beside its successor ran only after a thaw
+    assert summary["overlapping_writes"] >= 1 and summary["rejected_writes"] == 0
+    assert not summary["passed"]
+    assert what_is_left(run.pid, out) == []
+
+
+def _tree(cgroup: NodeFreezer | None = None) -> subprocess.Popen[bytes]:
+    """A shell with a child: a node's process tree in small."""
+    procs = cgroup.procs_file() if cgroup is not None else None
+    return subprocess.Popen(
+        ["sh", "-c", "sleep 60 & wait"],
+        preexec_fn=lambda: NodeFreezer.join(procs),  # noqa: PLW1509 - os calls only
+    )
+
+
+def _states(root: int) -> set[str]:
+    proc = psutil.Process(root)
+    return {p.status() for p in [proc, *proc.children(recursive=True)]}
+
+
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["cgroup", "sigstop"])
+def test_the_freezer_stops_a_whole_tree_and_thaws_it(use_cgroup: bool) -> None:
+    owner = 9_200_000 + os.getpid() % 1_000_000  # above pid_max: no live soak
+    if use_cgroup:
+        if not freezer.available():
+            pytest.skip("no cgroup v1 freezer")
+        node = NodeFreezer.create(owner, "n1")
+    else:
+        node = NodeFreezer("n1")
+    process = _tree(node)
+    try:
+        wait_until(lambda: len(psutil.Process(process.pid).children()) == 1, 10, "the child")
+        assert node.freeze(process.pid) == 2
+        assert node.frozen
+        frozen = {psutil.STATUS_STOPPED, psutil.STATUS_DISK_SLEEP}  # SIGSTOP / v1 freezer
+        assert _states(process.pid) <= frozen
+        node.thaw()
+        assert not node.frozen
+        wait_until(lambda: not (_states(process.pid) & frozen), 10, "the thaw")
+        if use_cgroup:
+            node.freeze(process.pid)
+            freezer.remove_owned_by(owner)  # a leftover: thawed, killed and removed
+            assert process.wait(10) is not None
+            assert not freezer.soak_dir(owner).exists()
+    finally:
+        process.kill()
+        process.wait()
+        freezer.remove_owned_by(owner)
 
 
 def _wait_for_first_fault(run: subprocess.Popen[str]) -> list[str]:

@@ -4,13 +4,32 @@ orphan, and time recovery from the fault, not from the heal."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from airflow_sentinel.errors import UserError
-from airflow_sentinel.soak.checker import Fault, check, merge, percentile
+from airflow_sentinel.soak import checker
+from airflow_sentinel.soak.checker import (
+    THAW_GRACE,
+    Fault,
+    Write,
+    check,
+    late_writes,
+    merge,
+    percentile,
+    subtract,
+    writes_of,
+)
 from airflow_sentinel.soak.command import parse_kinds
-from airflow_sentinel.soak.nemesis import KINDS, PARTITION, RESTART_METASTORE, kinds_for
+from airflow_sentinel.soak.nemesis import (
+    FREEZE_NODE,
+    KINDS,
+    PARTITION,
+    RESTART_METASTORE,
+    kinds_for,
+)
+from airflow_sentinel.soak.report import summary
 from airflow_sentinel.soak.runner import Plan
 from airflow_sentinel.soak.servers import Postgres, SqliteFile
 
@@ -164,10 +183,156 @@ def test_sqlite_has_no_wire_to_cut_and_no_server_to_restart(tmp_path: object) ->
     assert isinstance(tmp_path, Path)
     sqlite = kinds_for(SqliteFile(tmp_path, "10.0.0.1"))
     assert PARTITION not in sqlite and RESTART_METASTORE not in sqlite
-    assert kinds_for(Postgres(tmp_path, "127.0.0.1")) == KINDS
+    assert kinds_for(Postgres(tmp_path, "127.0.0.1"), airflow_db=True) == KINDS
+
+
+def test_a_whole_node_freeze_is_drawn_only_with_airflows_database(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    for server in (SqliteFile(tmp_path, "10.0.0.1"), Postgres(tmp_path, "127.0.0.1")):
+        assert FREEZE_NODE not in kinds_for(server)
+        assert FREEZE_NODE in kinds_for(server, airflow_db=True)
+    assert checker.FREEZE_NODE == FREEZE_NODE
 
 
 def test_unknown_fault_kinds_are_refused_naming_the_accepted_ones() -> None:
     with pytest.raises(UserError, match=r"unknown fault explode; accepted: kill-controller"):
         parse_kinds("kill-controller,explode")
     assert parse_kinds(" partition , switchover ") == ("partition", "switchover")
+
+
+# -- whole-node freezes ------------------------------------------------------------------
+def freeze(node: str, at: float, healed: float) -> Fault:
+    return Fault(FREEZE_NODE, node, at, healed)
+
+
+def test_a_frozen_scheduler_is_a_gap_and_its_moment_after_the_thaw_is_apart() -> None:
+    """n1 frozen whole at 5 (nothing can kill its scheduler), n2 takes over at 9, n1 thaws
+    at 12 and its guard kills its scheduler 0.02 s later."""
+    lives = [life("n1", 10, 0, 12.02), life("n2", 20, 9, None)]
+    verdict = check(lives, [freeze("n1", 5, 12)], (0, 20), writes=[])
+    assert verdict.overlaps == []
+    assert verdict.thaw_overlaps == [(12.0, pytest.approx(12.02))]  # type: ignore[comparison-overlap]
+    assert verdict.gaps == [(5, 9)]
+    [recovery] = verdict.recoveries
+    assert recovery.disrupted and recovery.seconds == pytest.approx(4)
+    assert verdict.passed
+
+
+def test_a_thawed_scheduler_that_runs_on_past_the_grace_is_an_overlap() -> None:
+    lives = [life("n1", 10, 0, 12 + THAW_GRACE + 1), life("n2", 20, 9, None)]
+    verdict = check(lives, [freeze("n1", 5, 12)], (0, 20), writes=[])
+    assert verdict.thaw_overlaps == [(12, 12 + THAW_GRACE)]
+    assert verdict.overlaps == [(12 + THAW_GRACE, 12 + THAW_GRACE + 1)]
+    assert not verdict.passed
+
+
+def test_overlaps_after_a_thaw_fail_when_no_writes_were_checked() -> None:
+    lives = [life("n1", 10, 0, 12.02), life("n2", 20, 9, None)]
+    verdict = check(lives, [freeze("n1", 5, 12)], (0, 20))
+    assert verdict.thaw_overlaps and verdict.writes is None
+    assert not verdict.passed
+
+
+def test_a_freeze_of_another_node_or_one_not_injected_excuses_nothing() -> None:
+    lives = [life("n1", 10, 0, 12.02), life("n2", 20, 9, None)]
+    for fault_ in (freeze("n3", 5, 12), Fault(FREEZE_NODE, "n1", 5, 12, ok=False)):
+        verdict = check(lives, [fault_], (0, 20), writes=[])
+        assert verdict.overlaps == [(9.0, pytest.approx(12.02))]  # type: ignore[comparison-overlap]
+        assert verdict.thaw_overlaps == []
+
+
+def test_subtract_cuts_holes_out_of_intervals() -> None:
+    assert subtract([(0, 10)], [(2, 3), (5, 20)]) == [(0, 2), (3, 5)]
+    assert subtract([(0, 1)], [(0, 1)]) == []
+
+
+# -- writes in Airflow's database --------------------------------------------------------
+def write(epoch: int, at: float, node: str = "n1") -> Write:
+    return Write(node, 100 + epoch, epoch, at, epoch)
+
+
+def test_writes_in_epoch_order_are_not_late() -> None:
+    writes = [write(1, 0.0), write(1, 1.0), write(2, 1.5, "n2"), write(3, 4.0, "n3")]
+    assert late_writes(writes) == []
+
+
+def test_a_write_after_a_newer_epochs_first_write_is_late() -> None:
+    writes = [write(1, 0.0), write(2, 2.0, "n2"), write(1, 2.5), write(1, 3.0), write(2, 3.1)]
+    found = late_writes(writes)
+    assert [(w.write.at, w.newer_epoch) for w in found] == [(2.5, 2), (3.0, 2)]
+    assert found[0].late_by == pytest.approx(0.5)
+
+
+def test_a_late_write_counts_against_any_higher_epoch() -> None:
+    """Epoch 2 never wrote (its node lost the lease before its scheduler did anything):
+    epoch 1 writing after epoch 3 began is still late."""
+    [late] = late_writes([write(1, 0.0), write(3, 5.0, "n3"), write(1, 6.0)])
+    assert late.newer_epoch == 3 and late.late_by == pytest.approx(1.0)
+
+
+def test_a_write_at_the_very_moment_is_not_late() -> None:
+    assert late_writes([write(1, 0.0), write(2, 1.0, "n2"), write(1, 1.0)]) == []
+
+
+# Rows from a control run (db_fence = off, three whole-node freezes): each frozen
+# scheduler wrote once more after its thaw, before its guard killed it.
+CONTROL_ROWS = [
+    {"node": "n3", "pid": 32382, "epoch": 1, "session_epoch": None, "at": 1556.853},
+    {"node": "n2", "pid": 32570, "epoch": 2, "session_epoch": None, "at": 1561.354},
+    {"node": "n2", "pid": 32570, "epoch": 2, "session_epoch": None, "at": 1567.876},
+    {"node": "n3", "pid": 32382, "epoch": 1, "session_epoch": None, "at": 1567.913},
+    {"node": "n2", "pid": 32570, "epoch": 2, "session_epoch": None, "at": 1567.947},
+    {"node": "n2", "pid": 32570, "epoch": 2, "session_epoch": None, "at": 1569.359},
+    {"node": "n3", "pid": 627, "epoch": 3, "session_epoch": None, "at": 1574.822},
+    {"node": "n3", "pid": 627, "epoch": 3, "session_epoch": None, "at": 1581.315},
+    {"node": "n2", "pid": 32570, "epoch": 2, "session_epoch": None, "at": 1581.321},
+    {"node": "n3", "pid": 627, "epoch": 3, "session_epoch": None, "at": 1581.394},
+    {"node": "n1", "pid": 853, "epoch": 4, "session_epoch": None, "at": 1587.386},
+    {"node": "n1", "pid": 853, "epoch": 4, "session_epoch": None, "at": 1594.607},
+    {"node": "n3", "pid": 627, "epoch": 3, "session_epoch": None, "at": 1594.651},
+    {"node": "n1", "pid": 853, "epoch": 4, "session_epoch": None, "at": 1594.699},
+    {"node": "n1", "pid": 853, "epoch": None, "session_epoch": None, "at": 1594.8},
+]
+
+
+def test_the_recorded_control_run_has_one_late_write_per_freeze() -> None:
+    writes = writes_of(CONTROL_ROWS)
+    assert len(writes) == len(CONTROL_ROWS) - 1  # a row without an epoch is not judged
+    found = late_writes(writes)
+    assert [(w.write.node, w.write.epoch, w.newer_epoch) for w in found] == [
+        ("n3", 1, 2),
+        ("n2", 2, 3),
+        ("n3", 3, 4),
+    ]
+    lives = [life("n3", 32382, 1553.4, 1567.93), life("n2", 32570, 1560.9, 1581.33),
+             life("n3", 627, 1574.3, 1594.66), life("n1", 853, 1587.0, None)]  # fmt: skip
+    faults = [freeze("n3", 1556.86, 1567.91), freeze("n2", 1569.46, 1581.32),
+              freeze("n3", 1583.57, 1594.65)]  # fmt: skip
+    verdict = check(lives, faults, (1553.4, 1600), writes)
+    assert verdict.overlaps == [] and len(verdict.thaw_overlaps) == 3
+    assert len(verdict.late_writes) == 3
+    assert not verdict.passed
+    data: dict[str, Any] = summary(verdict, {"backend": "sqlite"}, None)
+    assert data["overlapping_writes"] == 3 and data["writes"] == 14
+    assert data["overlapping_writes_by_epoch"][0] == {
+        "epoch": 1, "node": "n3", "newer_epoch": 2, "writes": 1,
+        "max_late_s": pytest.approx(6.559),
+    }  # fmt: skip
+
+
+def test_rejected_writes_are_summed_from_the_stand_ins_reports() -> None:
+    lives = [life("n1", 10, 0, 5), life("n2", 20, 6, None)]
+    lives[0]["rejected"] = 3
+    lives[1]["rejected"] = 1
+    verdict = check(lives, [], (0, 10), writes=[write(1, 0.0), write(2, 1.0, "n2")])
+    assert verdict.rejected_writes == 4 and verdict.late_writes == []
+    assert verdict.passed
+    data = summary(verdict, {"backend": "sqlite"}, None)
+    assert (data["writes"], data["overlapping_writes"], data["rejected_writes"]) == (2, 0, 4)
+
+
+def test_without_airflows_database_the_writes_are_not_reported_as_zero() -> None:
+    data = summary(check([life("n1", 10, 0, None)], [], (0, 10)), {"backend": "sqlite"}, None)
+    assert data["writes"] is None and data["overlapping_writes"] is None

@@ -11,7 +11,7 @@ import click
 
 from airflow_sentinel.config.profiles import PROFILES
 from airflow_sentinel.errors import UserError
-from airflow_sentinel.soak.nemesis import KINDS
+from airflow_sentinel.soak.nemesis import KINDS, NEED_AIRFLOW_DB
 from airflow_sentinel.soak.servers import SERVERS
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -101,27 +101,47 @@ def soak() -> None:
     help="Directory for history.json, summary.json, timeline.svg and logs. "
     "Default: ./soak-BACKEND-SEED.",
 )
+@click.option(
+    "--airflow-db",
+    type=click.Choice(["postgresql"]),
+    default=None,
+    help="Give the controllers an Airflow database (a private server) that the stand-in "
+    "schedulers write to all the time, and check those writes; needed by freeze-node.",
+)
+@click.option(
+    "--db-fence",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="With --airflow-db: the controllers' db_fence (off: a control run, in which late "
+    "writes are expected after a whole-node freeze).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every fault as it happens.")
 def run(
     backend: str, nodes: int, faults: int, each: int | None, short: bool,
     duration: float | None, seed: int, profile: str, overlap: float, kinds: str,
-    out: Path | None, verbose: bool,
+    out: Path | None, airflow_db: str | None, db_fence: str, verbose: bool,
 ) -> None:  # fmt: skip
     """Inject faults into real controllers on network-namespace hosts and check the history.
 
-    Needs root. Exit 0: no overlap, no orphan, every fault recovered; 1: a failed check;
-    130: interrupted (after cleaning up and reporting what was seen)."""
+    Needs root. Exit 0: no overlap, no orphan, every fault recovered, and (with
+    --airflow-db) no late write; 1: a failed check; 130: interrupted (after cleaning up and
+    reporting what was seen)."""
     from airflow_sentinel.soak.runner import Plan, Soak, save
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
+    chosen = parse_kinds(kinds)
+    if airflow_db is None and all(k in NEED_AIRFLOW_DB for k in chosen):
+        raise UserError(f"--kinds {','.join(chosen)} needs --airflow-db postgresql")
     plan = Plan(
         backend=backend, nodes=nodes, faults=faults, duration=duration, seed=seed,
-        profile=profile, overlap=overlap, kinds=parse_kinds(kinds),
+        profile=profile, overlap=overlap, kinds=chosen,
         each=2 if short else (each or 0),
         out=out or Path(f"soak-{backend}-{seed}"),
+        airflow_db=airflow_db, db_fence=db_fence,
     )  # fmt: skip
     outcome = Soak(plan).run()
     save(outcome, plan)
@@ -144,7 +164,7 @@ def report(out: Path) -> None:
 
 def _judge(out: Path) -> bool:
     """Check history.json in ``out``; write summary.json and timeline.svg; print the table."""
-    from airflow_sentinel.soak.checker import Fault, check
+    from airflow_sentinel.soak.checker import Fault, check, writes_of
     from airflow_sentinel.soak.report import print_table, summary, timeline_svg, write_json
 
     try:
@@ -152,15 +172,19 @@ def _judge(out: Path) -> bool:
         faults = [Fault(**f) for f in history["faults"]]
         span = (float(history["span"][0]), float(history["span"][1]))
         plan = history["plan"]
+        rows = history.get("writes")
+        writes = None if rows is None else writes_of(rows)
+        offset = float(history.get("writes_offset") or 0.0)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{out}/history.json is not a soak history: {exc}") from exc
-    verdict = check(history["lives"], faults, span)
-    data = summary(verdict, plan, history.get("interrupted"))
+    verdict = check(history["lives"], faults, span, writes)
+    data = summary(verdict, plan, history.get("interrupted"), history.get("fence_epoch"))
     write_json(data, out / "summary.json")
     title = (
         f"{plan['backend']}, {plan['nodes']} nodes, profile {plan['profile']}, seed {plan['seed']}"
     )
-    (out / "timeline.svg").write_text(timeline_svg(verdict, history["faults"], title))
+    svg = timeline_svg(verdict, history["faults"], title, writes_offset=offset)
+    (out / "timeline.svg").write_text(svg)
     print_table(data)
     click.echo(f"written: {out}/summary.json and {out}/timeline.svg")
     return bool(data["passed"])

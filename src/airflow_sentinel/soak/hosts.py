@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_sentinel.errors import UserError
+from airflow_sentinel.soak import freezer
 
 log = logging.getLogger(__name__)
 PREFIX = "snk"
@@ -183,7 +184,9 @@ def _links() -> list[str]:
 
 
 def remove_owned_by(owner: int) -> None:
-    """Kill what runs in ``owner``'s namespaces, then delete them and its links."""
+    """Kill what runs in ``owner``'s namespaces, then delete them, its links and its
+    freezer cgroups (thawed first: a frozen process does not die)."""
+    freezer.thaw_owned_by(owner)
     for netns in _namespaces():
         if _owner(netns) == owner:
             for pid in ip("netns", "pids", netns, check=False).split():
@@ -193,11 +196,13 @@ def remove_owned_by(owner: int) -> None:
     for link in _links():
         if _owner(link) == owner:
             ip("link", "del", link, check=False)
+    freezer.remove_owned_by(owner)
 
 
 def remove_leftovers() -> list[int]:
     """Remove the namespaces and links of soaks whose process is gone; return their pids."""
     owners = {_owner(name) for name in [*_namespaces(), *_links()]} - {None}
+    owners |= set(freezer.owners())
     dead = sorted(o for o in owners if o is not None and not _alive(o))
     for owner in dead:
         log.info("removing the leftovers of soak %d, which is gone", owner)

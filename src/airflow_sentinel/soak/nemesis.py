@@ -29,6 +29,7 @@ RESTART_CONTROLLER = "restart-controller"
 SWITCHOVER = "switchover"
 FREEZE_METASTORE = "freeze-metastore"
 DUPLICATE_NODE = "duplicate-node"
+FREEZE_NODE = "freeze-node"
 KINDS = (
     KILL_CONTROLLER,
     KILL_SCHEDULER,
@@ -39,16 +40,24 @@ KINDS = (
     SWITCHOVER,
     FREEZE_METASTORE,
     DUPLICATE_NODE,
+    FREEZE_NODE,
 )
+# Faults only a fence in Airflow's database can make safe: with the whole node frozen, its
+# guard cannot kill the scheduler, which runs on for a moment after the thaw. They are
+# drawn only when the soak has such a database, and its writes are checked.
+NEED_AIRFLOW_DB = (FREEZE_NODE,)
 # A controller killed with kill -9 comes back after this, as systemd's RestartSec would.
 RESTART_DELAY = 1.0
 
 
-def kinds_for(server: Server) -> tuple[str, ...]:
-    """The faults that mean something for this metastore: SQLite has no server or wire."""
+def kinds_for(server: Server, airflow_db: bool = False) -> tuple[str, ...]:
+    """The faults that mean something for this metastore (SQLite has no server or wire)
+    and this soak (a whole-node freeze needs Airflow's database, whose writes show what a
+    scheduler did after its node came back)."""
+    kinds = KINDS if airflow_db else tuple(k for k in KINDS if k not in NEED_AIRFLOW_DB)
     if server.restartable:
-        return KINDS
-    return tuple(k for k in KINDS if k not in (PARTITION, RESTART_METASTORE, FREEZE_METASTORE))
+        return kinds
+    return tuple(k for k in kinds if k not in (PARTITION, RESTART_METASTORE, FREEZE_METASTORE))
 
 
 @dataclass
@@ -74,9 +83,10 @@ class Nemesis:
     clones: list[Node] = field(default_factory=list)
 
     def pick(self, kind: str, busy: set[str]) -> Node:
-        """The target: the node running the scheduler for kill-scheduler, else any."""
+        """The target: the node running the scheduler for kill-scheduler and freeze-node
+        (whose scheduler must be replaced while it is frozen), else any."""
         free = [n for n in self.nodes if n.name not in busy] or list(self.nodes)
-        if kind == KILL_SCHEDULER:
+        if kind in (KILL_SCHEDULER, FREEZE_NODE):
             running = {p.node for p in self.recorder.alive()}
             with_scheduler = [n for n in free if n.name in running]
             free = with_scheduler or free
@@ -109,6 +119,23 @@ class Nemesis:
         hold = self.ttl * self.rng.uniform(1.25, 2.0)
         fault = self._now(FREEZE_CONTROLLER, node.name, hold, lambda: node.signal(signal.SIGCONT))
         node.signal(signal.SIGSTOP)
+        return fault
+
+    def _freeze_node(self, node: Node) -> Injected:
+        """The controller, its guard, the scheduler and its children stopped at once (the
+        host stalls), for two to three lease TTLs: long enough that another node takes
+        over and its scheduler is writing when this one thaws, the case the fence in
+        Airflow's database is for. Thawed all at once too."""
+        hold = self.ttl * self.rng.uniform(2.0, 3.0)
+        fault = self._now(FREEZE_NODE, node.name, hold, node.thaw)
+        if node.freezer is None:
+            fault.ok, fault.detail = False, "the node has no freezer"
+            return fault
+        if not node.running:
+            fault.ok, fault.detail = False, "the controller was not running"
+            return fault
+        count = node.freeze()
+        fault.detail = f"{count} processes frozen ({node.freezer.method})"
         return fault
 
     def _partition(self, node: Node) -> Injected:

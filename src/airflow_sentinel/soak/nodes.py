@@ -7,16 +7,17 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_sentinel.process.linux import die_with_parent
+from airflow_sentinel.soak.freezer import NodeFreezer
 from airflow_sentinel.soak.hosts import Host
 
 
-def probe_command(recorder: Path) -> str:
+def probe_command(recorder: Path, writes: bool = False) -> str:
     argv = [sys.executable, "-m", "airflow_sentinel.soak.probe", "--recorder", str(recorder)]
-    return shlex.join([*argv, "--children", "1"])
+    return shlex.join([*argv, "--children", "1", *(["--writes"] if writes else [])])
 
 
 @dataclass
@@ -25,6 +26,10 @@ class Node:
     home: Path
     settings: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    # More of the controller's environment: Airflow's own settings (its database).
+    airflow_env: dict[str, str] = field(default_factory=dict)
+    # Where the controller (and so all it starts) is placed, to be frozen as one.
+    freezer: NodeFreezer | None = None
 
     @property
     def name(self) -> str:
@@ -33,6 +38,7 @@ class Node:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env["AIRFLOW_HOME"] = str(self.home)
+        env.update(self.airflow_env)
         env.update({f"AIRFLOW__SENTINEL__{k.upper()}": v for k, v in self.settings.items()})
         return env
 
@@ -50,6 +56,12 @@ class Node:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         parent = os.getpid()
+        procs = self.freezer.procs_file() if self.freezer is not None else None
+
+        def before_exec() -> None:
+            die_with_parent(parent)
+            NodeFreezer.join(procs)
+
         with (self.home / "controller.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.host.command(sys.executable, "-m", "airflow_sentinel", "start"),
@@ -58,7 +70,7 @@ class Node:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509 - prctl only, no locks
+                preexec_fn=before_exec,  # noqa: PLW1509 - prctl and os calls only, no locks
             )
 
     @property
@@ -70,7 +82,17 @@ class Node:
             assert self.process is not None
             os.kill(self.process.pid, signum)
 
+    def freeze(self) -> int:
+        """Freeze the controller and everything it started; how many processes."""
+        assert self.freezer is not None
+        return self.freezer.freeze(self.process.pid if self.running and self.process else None)
+
+    def thaw(self) -> None:
+        if self.freezer is not None and self.freezer.frozen:
+            self.freezer.thaw()
+
     def kill(self) -> None:
+        self.thaw()  # a frozen process does not die
         if self.process is not None:
             self.signal(signal.SIGKILL)
             self.process.wait()
@@ -80,6 +102,7 @@ class Node:
         if not self.running:
             return True
         assert self.process is not None
+        self.thaw()
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
         try:

@@ -8,6 +8,7 @@ test host, and the controllers do not know it exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -28,6 +29,10 @@ class ProbeLife:
     start: float
     last_report: float
     end: float | None = None  # None: still alive
+    # What a probe that writes to Airflow's database says of its writes (see probe.py).
+    written: int = 0
+    rejected: int = 0  # by the fence
+    write_errors: int = 0  # anything else: the database unreachable, say
 
     @property
     def key(self) -> tuple[int, float]:
@@ -39,6 +44,9 @@ def _started_at(pid: int) -> float | None:
         return process_start(pid)
     except OSError:
         return None
+
+
+COUNTERS = ("written", "rejected", "write_errors")
 
 
 class Recorder:
@@ -99,19 +107,23 @@ class Recorder:
             return
         with self._lock:
             life = self.lives.get(key)
-            if life is not None:
-                life.last_report = max(life.last_report, float(report["t"]))
-                return
-            life = ProbeLife(
-                node=str(report["node"]),
-                pid=key[0],
-                ppid=int(report["ppid"]),
-                role=str(report["role"]),
-                start=key[1],
-                last_report=float(report["t"]),
-            )
-            self.lives[key] = life
-        self._watch(life, now)
+            known = life is not None
+            if life is None:
+                life = ProbeLife(
+                    node=str(report["node"]),
+                    pid=key[0],
+                    ppid=int(report["ppid"]),
+                    role=str(report["role"]),
+                    start=key[1],
+                    last_report=float(report["t"]),
+                )
+                self.lives[key] = life
+            life.last_report = max(life.last_report, float(report["t"]))
+            for counter in COUNTERS:  # datagrams may come out of order: keep the highest
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    setattr(life, counter, max(getattr(life, counter), int(report[counter])))
+        if not known:
+            self._watch(life, now)
 
     def _watch(self, life: ProbeLife, now: float) -> None:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from airflow_sentinel.soak.checker import KindStats, Verdict
+from airflow_sentinel.soak.checker import THAW_GRACE, KindStats, Verdict
 
 
 def _s(value: float | None) -> str:
@@ -30,14 +30,31 @@ def _row(stats: KindStats) -> dict[str, object]:
 
 
 def summary(
-    verdict: Verdict, plan: dict[str, object], interrupted: str | None
+    verdict: Verdict,
+    plan: dict[str, object],
+    interrupted: str | None,
+    fence_epoch: int | None = None,
 ) -> dict[str, object]:
+    writes = verdict.writes
     return {
         "plan": plan,
         "passed": verdict.passed and interrupted is None,
         "interrupted": interrupted,
         "overlaps": len(verdict.overlaps),
         "overlap_seconds": round(verdict.overlap_seconds, 4),
+        "thaw_overlaps": len(verdict.thaw_overlaps),
+        "thaw_overlap_seconds": round(verdict.thaw_overlap_seconds, 4),
+        # None: no Airflow database, so no writes were checked.
+        "writes": None if writes is None else len(writes),
+        "overlapping_writes": None if writes is None else len(verdict.late_writes),
+        "overlapping_write_max_s": (
+            None
+            if not verdict.late_writes
+            else round(max(w.late_by for w in verdict.late_writes), 4)
+        ),
+        "overlapping_writes_by_epoch": _late_by_epoch(verdict),
+        "rejected_writes": None if writes is None else verdict.rejected_writes,
+        "fence_epoch": fence_epoch,
         "orphaned_children": verdict.orphans,
         "longest_gap_s": round(verdict.longest_gap, 3),
         "schedulers_started": len(verdict.presences),
@@ -45,6 +62,20 @@ def summary(
         "by_kind": [_row(k) for k in verdict.by_kind()],
         "all": _row(verdict.total()),
     }
+
+
+def _late_by_epoch(verdict: Verdict) -> list[dict[str, object]]:
+    rows: dict[tuple[int, str], dict[str, object]] = {}
+    for late in verdict.late_writes:
+        key = (late.write.epoch, late.write.node)
+        row = rows.setdefault(
+            key,
+            {"epoch": key[0], "node": key[1], "newer_epoch": late.newer_epoch, "writes": 0,
+             "max_late_s": 0.0},
+        )  # fmt: skip
+        row["writes"] = int(str(row["writes"])) + 1
+        row["max_late_s"] = round(max(float(str(row["max_late_s"])), late.late_by), 4)
+    return [rows[k] for k in sorted(rows)]
 
 
 def write_json(data: dict[str, object], path: Path) -> None:
@@ -78,6 +109,20 @@ def print_table(data: dict[str, object], console: Console | None = None) -> None
         f"{data['schedulers_started']} schedulers started in {data['seconds']} s"
         + (f"; interrupted by {data['interrupted']}" if data["interrupted"] else "")
     )
+    if data.get("thaw_overlaps"):
+        console.print(
+            f"after whole-node freezes: {data['thaw_overlaps']} overlaps within "
+            f"{THAW_GRACE:g} s of a thaw ({data['thaw_overlap_seconds']} s), judged by the writes"
+        )
+    if data.get("writes") is not None:
+        fence = plan.get("db_fence") or "on"
+        late = data["overlapping_writes"]
+        by_up_to = f", by up to {data['overlapping_write_max_s']} s" if late else ""
+        console.print(
+            f"writes in Airflow's database (db_fence {fence}): {data['writes']} committed, "
+            f"{late} overlapping (after a newer epoch's first write{by_up_to}), "
+            f"{data['rejected_writes']} rejected by the fence"
+        )
 
 
 # -- the timeline -----------------------------------------------------------------------
@@ -90,12 +135,19 @@ COLOURS = {
     "restart-metastore": "#8c564b",
     "restart-controller": "#e377c2",
     "switchover": "#17becf",
+    "freeze-metastore": "#bcbd22",
+    "duplicate-node": "#7f7f7f",
+    "freeze-node": "#08306b",
 }
 
 
-def timeline_svg(verdict: Verdict, faults: list[dict[str, object]], title: str) -> str:
+def timeline_svg(
+    verdict: Verdict, faults: list[dict[str, object]], title: str, writes_offset: float = 0.0
+) -> str:
     """One lane per node (and one for the metastore): scheduler lives as bars, faults as
-    marks with their hold as a band, overlaps in red across every lane."""
+    marks with their hold as a band, overlaps in red across every lane (after a thaw: in
+    orange), overlapping writes as red ticks on their node's lane (``writes_offset`` puts
+    the server's clock on the timeline's)."""
     start, end = verdict.span
     span = max(end - start, 1.0)
     width = int(min(6000, max(1000, span * 6)))
@@ -146,6 +198,20 @@ def timeline_svg(verdict: Verdict, faults: list[dict[str, object]], title: str) 
             f'<rect x="{x(lo):.1f}" y="{TOP}" width="{max(x(hi) - x(lo), 2):.1f}" '
             f'height="{bottom - TOP}" fill="red" opacity="0.6"><title>OVERLAP</title></rect>'
         )
+    for lo, hi in verdict.thaw_overlaps:
+        parts.append(
+            f'<rect x="{x(lo):.1f}" y="{TOP}" width="{max(x(hi) - x(lo), 2):.1f}" '
+            f'height="{bottom - TOP}" fill="orange" opacity="0.5"><title>overlap after a '
+            f"whole-node freeze</title></rect>"
+        )
+    for late in verdict.late_writes:
+        node = late.write.node if late.write.node in lanes else lanes[0]
+        at = late.write.at + writes_offset
+        parts.append(
+            f'<line x1="{x(at):.1f}" x2="{x(at):.1f}" y1="{y(node) + 4}" y2="{y(node) + 28}" '
+            f'stroke="red" stroke-width="2"><title>write of epoch {late.write.epoch} '
+            f"{late.late_by:.3f} s after epoch {late.newer_epoch} began</title></line>"
+        )
     parts.extend(_axis(start, span, x, bottom, width))
     parts.extend(_legend(bottom + 36, width))
     parts.append("</svg>")
@@ -168,7 +234,10 @@ def _axis(start: float, span: float, x: object, bottom: int, width: int) -> list
 
 
 def _legend(top: int, width: int) -> list[str]:
-    items = [("scheduler alive", "#4caf50"), *COLOURS.items(), ("overlap", "red")]
+    items = [
+        ("scheduler alive", "#4caf50"), *COLOURS.items(), ("overlap", "red"),
+        ("after a thaw", "orange"),
+    ]  # fmt: skip
     parts, left = [], LEFT
     for label, colour in items:
         step = 30 + 7 * len(label)

@@ -18,12 +18,13 @@ from types import FrameType
 from airflow_sentinel.config.profiles import PROFILES, lease_ttl
 from airflow_sentinel.errors import SentinelError
 from airflow_sentinel.soak import hosts, servers
-from airflow_sentinel.soak.checker import Fault, Verdict, check
+from airflow_sentinel.soak.checker import Fault, Verdict, check, writes_of
+from airflow_sentinel.soak.freezer import NodeFreezer
 from airflow_sentinel.soak.nemesis import KINDS, Injected, Nemesis, kinds_for
 from airflow_sentinel.soak.nodes import Node, probe_command
-from airflow_sentinel.soak.probe import boottime
+from airflow_sentinel.soak.probe import AIRFLOW_DB_ENV, boottime
 from airflow_sentinel.soak.recorder import Recorder
-from airflow_sentinel.soak.servers import SERVERS, Server
+from airflow_sentinel.soak.servers import SERVERS, AirflowDatabase, Server
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class Plan:
     kinds: tuple[str, ...] = KINDS
     each: int = 0  # > 0: exactly this many faults of each kind, shuffled (the short form)
     out: Path = field(default_factory=lambda: Path("soak-out"))
+    # "postgresql": Airflow's database, which the stand-in schedulers write to; None: none.
+    airflow_db: str | None = None
+    db_fence: str = "on"  # the controllers' db_fence with that database (off: a control)
 
     def schedule(self, available: tuple[str, ...]) -> list[str]:
         """The fault kinds in the order they will come (seeded)."""
@@ -59,6 +63,10 @@ class Outcome:
     lives: list[dict[str, object]]
     started: float
     interrupted: str | None = None
+    writes: list[dict[str, object]] | None = None  # the rows in Airflow's database
+    # Seconds to add to a write's server time to place it on the CLOCK_BOOTTIME timeline.
+    writes_offset: float = 0.0
+    fence_epoch: int | None = None  # the fence's epoch at the end
 
 
 class Interrupted(Exception):
@@ -112,6 +120,8 @@ class Soak:
     stop: StopFlag = field(default_factory=StopFlag)
     nemesis: Nemesis | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    airflow_db: AirflowDatabase | None = None
+    airflow_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def ttl(self) -> float:
@@ -137,8 +147,22 @@ class Soak:
                 log.warning("interrupted by %s: cleaning up", interrupted)
             end = boottime()
             lives = self.recorder.history() if self.recorder is not None else []
-        verdict = check(lives, self.faults, (self._first_start(lives, started), end))
-        return Outcome(verdict, self.faults, lives, started, interrupted)
+            rows, offset, fence_epoch = self._writes()
+        writes = None if rows is None else writes_of(rows)
+        verdict = check(lives, self.faults, (self._first_start(lives, started), end), writes)
+        return Outcome(verdict, self.faults, lives, started, interrupted, rows, offset, fence_epoch)
+
+    def _writes(self) -> tuple[list[dict[str, object]] | None, float, int | None]:
+        """The rows the stand-ins committed, the offset from the server's clock to the
+        timeline's, and the fence's epoch; None rows without an Airflow database."""
+        if self.airflow_db is None or not self.airflow_db.running:
+            return None, 0.0, None
+        try:
+            offset = boottime() - time.time()  # the server runs on this host, on its clock
+            return self.airflow_db.writes(), offset, self.airflow_db.fence_epoch()
+        except Exception:
+            log.exception("reading the writes in Airflow's database")
+            return None, 0.0, None
 
     # -- setup and teardown -------------------------------------------------------------
     def _build_or_explain(self) -> None:
@@ -162,11 +186,17 @@ class Soak:
         self.recorder = Recorder(out / "recorder.sock").start()
         settings = dict(PROFILES[self.plan.profile])
         settings["metastore"] = self.server.url
-        settings["scheduler_command"] = probe_command(self.recorder.path)
+        settings["scheduler_command"] = probe_command(
+            self.recorder.path, writes=self.plan.airflow_db is not None
+        )
         settings["schema_gate"] = "off"  # the probe is not Airflow
+        if self.plan.airflow_db is not None:
+            self._build_airflow_db(settings)
         self.settings = settings
         for host in self.network.hosts:
-            node = Node(host, out / "nodes" / host.name, settings)
+            node = Node(host, out / "nodes" / host.name, settings, airflow_env=self.airflow_env)
+            if self.airflow_db is not None:  # a whole-node freeze is drawn only with it
+                node.freezer = NodeFreezer.create(self.network.owner, host.name)
             self.stop.check()
             node.start()
             self.nodes.append(node)
@@ -174,13 +204,35 @@ class Soak:
             "%d hosts on %s, metastore %s", len(self.nodes), self.network.subnet, self.server.url
         )
 
+    def _build_airflow_db(self, settings: dict[str, str]) -> None:
+        """Airflow's database on a private server of its own, given to the controllers as
+        Airflow's sql_alchemy_conn (so the scheduler's environment carries it too)."""
+        assert self.network is not None
+        if self.plan.airflow_db != "postgresql":
+            raise SentinelError(f"no Airflow database of kind {self.plan.airflow_db}")
+        root = self.plan.out / "airflow-db"
+        root.mkdir(exist_ok=True)
+        self.airflow_db = AirflowDatabase(root, self.network.gateway)
+        self.airflow_db.prepare()
+        self.stop.check()
+        self.airflow_db.start()
+        epoch = self.airflow_db.create(fence=self.plan.db_fence != "off")
+        self.airflow_env = {AIRFLOW_DB_ENV: self.airflow_db.url}
+        settings["db_fence"] = self.plan.db_fence
+        # A scheduler frozen inside a transaction blocks the raise: end it soon (lab timing).
+        settings["db_fence_wait"] = "2"
+        log.info(
+            "Airflow's database %s, fence %s", self.airflow_db.url,
+            "off" if epoch is None else f"installed at epoch {epoch}",
+        )  # fmt: skip
+
     def _clone_of(self, node: Node) -> Node:
         """A controller on the spare host under ``node``'s host name (its node_id)."""
         assert self.network is not None and self.network.spare is not None
         spare = self.network.spare
         host = hosts.Host(node.name, spare.netns, spare.address)
         home = self.plan.out / "nodes" / f"clone-of-{node.name}-{len(self.faults)}"
-        return Node(host, home, self.settings)
+        return Node(host, home, self.settings, airflow_env=self.airflow_env)
 
     def _teardown(self) -> None:
         clones = self.nemesis.clones if self.nemesis is not None else []
@@ -193,6 +245,8 @@ class Soak:
             self.network.destroy()
         if self.server is not None:
             self.server.close()
+        if self.airflow_db is not None:
+            self.airflow_db.close()
         if self.recorder is not None:
             self.recorder.close()
 
@@ -204,7 +258,7 @@ class Soak:
             self.nodes, self.server, self.recorder, self.ttl, rng, clone_of=self._clone_of
         )
         self.nemesis = nemesis
-        schedule = self.plan.schedule(kinds_for(self.server))
+        schedule = self.plan.schedule(kinds_for(self.server, self.airflow_db is not None))
         deadline = None if self.plan.duration is None else time.monotonic() + self.plan.duration
         while schedule:
             if deadline is not None and time.monotonic() >= deadline:
@@ -272,11 +326,16 @@ def save(outcome: Outcome, plan: Plan) -> Path:
             "backend": plan.backend, "nodes": plan.nodes, "faults": plan.faults,
             "duration": plan.duration, "seed": plan.seed, "profile": plan.profile,
             "overlap": plan.overlap, "kinds": list(plan.kinds), "each": plan.each,
+            "airflow_db": plan.airflow_db,
+            "db_fence": plan.db_fence if plan.airflow_db is not None else None,
         },
         "span": list(outcome.verdict.span),
         "lives": outcome.lives,
         "faults": [vars(f) for f in outcome.faults],
         "interrupted": outcome.interrupted,
+        "writes": outcome.writes,
+        "writes_offset": outcome.writes_offset,
+        "fence_epoch": outcome.fence_epoch,
     }  # fmt: skip
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path

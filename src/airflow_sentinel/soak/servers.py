@@ -19,6 +19,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -189,9 +190,13 @@ class Postgres(Server):
     """Runs as the `postgres` user when the soak is root, so its data lives in a directory
     of its own that that user can reach (the soak's may be private), removed at close."""
 
+    home_suffix = "pg"
+
     def __init__(self, root: Path, host: str) -> None:
         super().__init__(root, host)
-        self.home = Path(tempfile.gettempdir()) / f"{PRIVATE_DATA_PREFIX}{os.getpid()}-pg"
+        self.home = (
+            Path(tempfile.gettempdir()) / f"{PRIVATE_DATA_PREFIX}{os.getpid()}-{self.home_suffix}"
+        )
         self.data = self.home / "data"
 
     @property
@@ -301,6 +306,89 @@ class ZooKeeper(Server):
             "-cp", ZOOKEEPER_CLASSPATH,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.root / "zoo.cfg"),
         ]  # fmt: skip
+
+
+# Airflow's tables that the fence guards, with the columns the stand-in scheduler writes
+# (Airflow's own names where it has them; pid and the epochs are the soak's).
+AIRFLOW_TABLES = (
+    "CREATE TABLE dag_run (id SERIAL PRIMARY KEY, dag_id VARCHAR(250), run_id VARCHAR(250), "
+    "state VARCHAR(50))",
+    "CREATE TABLE task_instance (id SERIAL PRIMARY KEY, dag_id VARCHAR(250), "
+    "task_id VARCHAR(250), state VARCHAR(20))",
+    "CREATE TABLE job (id SERIAL PRIMARY KEY, dag_id VARCHAR(250), state VARCHAR(20), "
+    "job_type VARCHAR(30), start_date TIMESTAMPTZ, end_date TIMESTAMPTZ, "
+    "latest_heartbeat TIMESTAMPTZ, executor_class VARCHAR(500), hostname VARCHAR(500), "
+    "unixname VARCHAR(1000), pid INTEGER, sentinel_epoch BIGINT, session_epoch TEXT)",
+)
+AIRFLOW_DB = "airflow"
+
+
+class AirflowDatabase(Postgres):
+    """Airflow's own database for a soak whose stand-in schedulers write: a private
+    PostgreSQL beside the metastore (on the same bridge address, so a cut silences both),
+    holding the tables the fence guards, with the fence installed unless it is off. The
+    nemesis does not restart or freeze it: its faults are the metastore's."""
+
+    home_suffix = "airflow-pg"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{AIRFLOW_DB}"
+
+    def _connect(self, database: str = AIRFLOW_DB) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host, port=self.port, user="postgres", dbname=database,
+            autocommit=True, connect_timeout=10,
+        )  # fmt: skip
+
+    def create(self, fence: bool, timeout: float = 10) -> int | None:
+        """The database, its tables and (with ``fence``) the fence, installed here once
+        so that the controllers starting together do not each install it; the fence's
+        epoch (None without one)."""
+        with self._connect("postgres") as conn:
+            conn.execute(f"CREATE DATABASE {AIRFLOW_DB}")
+        with self._connect() as conn:
+            for statement in AIRFLOW_TABLES:
+                conn.execute(statement)
+        if not fence:
+            return None
+        from airflow_sentinel.fence import open_fence
+
+        installed = open_fence("on", self.url, timeout, 2.0)
+        assert installed is not None
+        try:
+            state = installed.install()
+        finally:
+            installed.close()
+        problem = state.problem()
+        if problem is not None:
+            raise RuntimeError(f"the fence in the soak's Airflow database: {problem}")
+        return state.epoch
+
+    def writes(self) -> list[dict[str, object]]:
+        """Every row the stand-in schedulers committed, in the order written."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT hostname, pid, sentinel_epoch, session_epoch, "
+                "extract(epoch FROM latest_heartbeat)::float8 FROM job ORDER BY id"
+            ).fetchall()
+        return [
+            {"node": r[0], "pid": r[1], "epoch": r[2], "session_epoch": r[3], "at": r[4]}
+            for r in rows
+        ]
+
+    def fence_epoch(self) -> int | None:
+        """The fence's epoch now; None when there is no fence."""
+        with self._connect() as conn:
+            found = conn.execute("SELECT to_regclass('sentinel_fence')").fetchone()
+            if found is None or found[0] is None:
+                return None
+            row = conn.execute(
+                "SELECT epoch FROM sentinel_fence WHERE service = 'scheduler'"
+            ).fetchone()
+        return None if row is None else int(row[0])
 
 
 def remove_leftover_data(owners: list[int]) -> None:
