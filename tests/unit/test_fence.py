@@ -237,7 +237,7 @@ def test_a_whole_fence_raised_lets_the_scheduler_start(
     fake, emit = FakeFence(clock), Emitted()
     keeper = keeper_for(fake, settings, clock, emit)
     assert keeper.before_start(5) is START
-    assert fake.calls == [(5, settings.renew_interval, False)]
+    assert fake.calls == [(5, settings.renew_interval / 2, False)]
     assert keeper.raised_epoch == 5
     assert emit.kinds() == [ev.DB_FENCE_RAISED]
 
@@ -275,31 +275,31 @@ def test_a_blocked_raise_waits_and_ends_the_blockers_after_db_fence_wait(
 ) -> None:
     fake, emit = FakeFence(clock), Emitted()
     keeper = keeper_for(fake, settings, clock, emit, renew_interval=3.0, db_fence_wait=10.0)
-    fake.results = [blocked(3.0), blocked(3.0), blocked(3.0)]
-    for _ in range(3):
+    fake.results = [blocked(1.5)] * 6
+    for _ in range(6):
         verdict = keeper.before_start(5)
         assert not verdict.start and verdict.refusal is None  # not a failed start
         assert verdict.wait == BLOCKED_WHY
     assert emit.kinds() == [ev.DB_FENCE_WAITING]  # once, not every cycle
     fake.results = [RaiseResult(True, 5, 1.0, ended=(77,))]
     assert keeper.before_start(5) is START
-    # Three cycles of a renew_interval each, then what is left of the 10 s, ending them.
-    assert fake.calls == [(5, 3.0, False), (5, 3.0, False), (5, 3.0, False), (5, 1.0, True)]
+    # Six cycles of half a renew_interval each, then what is left of the 10 s, ending them.
+    assert fake.calls == [(5, 1.5, False)] * 6 + [(5, 1.0, True)]
     ended = [m for kind, m, level in emit.events if "ended 1 connection" in m]
     assert len(ended) == 1 and "77" in ended[0] and "10.0s" in ended[0]
     # The next block starts counting again.
-    fake.results = [blocked(3.0)]
+    fake.results = [blocked(1.5)]
     assert keeper.before_start(6).wait == BLOCKED_WHY
-    assert fake.calls[-1] == (6, 3.0, False)
+    assert fake.calls[-1] == (6, 1.5, False)
 
 
-def test_a_wait_shorter_than_a_renewal_ends_the_blockers_at_once(
+def test_a_wait_shorter_than_an_attempt_ends_the_blockers_at_once(
     settings: Settings, clock: FakeClock
 ) -> None:
     fake = FakeFence(clock)
-    keeper = keeper_for(fake, settings, clock, Emitted(), renew_interval=3.0, db_fence_wait=2.0)
+    keeper = keeper_for(fake, settings, clock, Emitted(), renew_interval=3.0, db_fence_wait=1.0)
     assert keeper.before_start(5) is START
-    assert fake.calls == [(5, 2.0, True)]
+    assert fake.calls == [(5, 1.0, True)]
 
 
 def test_a_fence_above_the_leases_epoch_is_a_refusal_naming_reset(

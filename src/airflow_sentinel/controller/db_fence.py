@@ -69,7 +69,10 @@ class FenceKeeper:
         settings = self._settings()
         now = self._clock.now()
         blocked_for = 0.0 if self._blocked_since is None else now - self._blocked_since
-        wait = max(0.1, min(settings.renew_interval, settings.db_fence_wait - blocked_for))
+        # Half a renew_interval at a time: the cycle that waits must still renew in time on
+        # the shortest leases (the loop renews between attempts).
+        attempt = settings.renew_interval / 2
+        wait = max(0.1, min(attempt, settings.db_fence_wait - blocked_for))
         end_blockers = blocked_for + wait >= settings.db_fence_wait
         result = self.fence.raise_to(epoch, settings.node_id, wait, end_blockers)
         if result.ended:
