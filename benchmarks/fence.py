@@ -19,7 +19,7 @@ next write is rejected, prove that the fence was really in the scheduler's path.
 on PostgreSQL and MariaDB, as FenceKeeper.before_start calls them before every start.
 
     .venv/bin/python -m benchmarks.fence --parts raise --trials 50
-    flock /tmp/sentinel-heavy.lock .venv/bin/python -m benchmarks.fence --parts airflow \\
+    .venv/bin/python -m benchmarks.fence --parts airflow \\
         --airflow 3.3.2/postgresql --runs off,on,on,off --tasks 60
 """
 
