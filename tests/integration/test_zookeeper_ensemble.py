@@ -61,12 +61,24 @@ def test_one_server_down_at_a_time_keeps_exactly_one_scheduler(
     cluster: Cluster, ensemble: Ensemble
 ) -> None:
     start_three(cluster)
+    stopped_leader = False
     for index in range(ensemble.size):
+        was_leader = ensemble.mode(index) == "leader"
+        stopped_leader |= was_leader
+        active = cluster.running_on()
         ensemble.stop(index)
         wait_until(partial(heartbeats_since, cluster, time.time() + 2), 60, "heartbeats without it")
-        assert len(cluster.running_on()) == 1
+        if was_leader:
+            # The other two elect a new leader first; no write succeeds meanwhile. On a loaded
+            # machine that can outlast the active node's demote margin: it then stops its
+            # scheduler and one node takes over, never two.
+            cluster.wait_for_one_scheduler(timeout=60)
+        else:
+            # A follower's clients move to another server within the session: nothing stops.
+            assert cluster.running_on() == active
         ensemble.start(index)
         ensemble.wait_serving([index])
+    assert stopped_leader
     cluster.wait_for_one_scheduler(timeout=60)
     assert cluster.overlaps() == []
 

@@ -107,6 +107,13 @@ class Ensemble:
         mode = four_letter(self.client_port(index), b"srvr")
         return "Mode: " in mode
 
+    def mode(self, index: int) -> str:
+        """``leader``, ``follower`` or ``standalone``; empty while the server does not serve."""
+        for line in four_letter(self.client_port(index), b"srvr").splitlines():
+            if line.startswith("Mode: "):
+                return line.removeprefix("Mode: ").strip()
+        return ""
+
     def wait_serving(self, indexes: list[int] | None = None, timeout: float = 60) -> None:
         wanted = list(range(self.size)) if indexes is None else indexes
         give_up = time.monotonic() + timeout
