@@ -64,6 +64,29 @@ def test_held_lease_is_not_taken_before_a_full_ttl_is_observed(
     assert (taken.holder, taken.epoch) == ("b", 2)
 
 
+def test_the_store_says_when_the_observed_wait_ends_and_a_renewal_moves_it(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    a, b = new_store(), new_store()
+    assert b.takeover_due(SERVICE) is None  # nothing judged yet
+    held = a.try_acquire(SERVICE, live("a"), TTL)
+    assert held is not None
+    seen_at = clock.now()
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
+    assert b.takeover_due(SERVICE) == seen_at + TTL
+    clock.advance(3)
+    assert a.renew(held, TTL) is not None  # a new version: b's wait starts again
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None
+    due = b.takeover_due(SERVICE)
+    assert due == clock.now() + TTL
+    clock.advance(due - clock.now() - 0.001)
+    assert b.try_acquire(SERVICE, live("b"), TTL) is None  # a millisecond early: refused
+    clock.advance(0.001)
+    taken = b.try_acquire(SERVICE, live("b"), TTL)
+    assert taken is not None and taken.holder == "b"
+    assert b.takeover_due(SERVICE) is None  # its own lease: nothing to wait for
+
+
 def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:

@@ -15,7 +15,7 @@ from airflow_sentinel.config import Settings
 from airflow_sentinel.controller.loop import Controller, Role
 from airflow_sentinel.controller.scheduler import RunState
 from airflow_sentinel.errors import ConfigError
-from airflow_sentinel.metastore import Metastore
+from airflow_sentinel.metastore import Metastore, open_metastore
 from airflow_sentinel.metastore.base import HOLD, PAUSED, NodeReport, switchover_flag
 from airflow_sentinel.process.handle import RunEnded
 from tests.support.fakes import FlakyStore, RecordingLauncher
@@ -491,3 +491,66 @@ def test_a_stop_sent_before_the_loop_runs_is_a_clean_stop_not_a_kill(
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
+
+
+def test_a_standby_reads_the_lease_again_the_instant_its_wait_ends_and_starts_at_once(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    active, _ = make(settings, store, clock, node_id="a")
+    active.tick()
+    other = FlakyStore(open_metastore(settings.metastore, clock))
+    try:
+        standby, launcher = make(settings, other, clock, node_id="b")
+        standby.tick()
+        standby.standby_poll.cycle_ran()
+        assert role_of(standby) is Role.STANDBY
+        seen_at = clock.now()
+        # Between cycles it reads every standby_poll (0.5 s), and at the wait's very end.
+        assert standby._poll_time() == seen_at + 0.5
+        clock.advance(14.9)
+        standby.standby_poll.polled(failed=False)
+        assert standby._poll_time() == pytest.approx(seen_at + settings.lease_ttl)
+        clock.advance(0.1)
+        other.calls.clear()
+        standby.poll_lease()
+        assert standby.lease is not None and standby.lease.holder == "b"
+        standby.tick()
+        assert "renew" not in other.calls  # just taken: the cycle starts, it does not renew
+        assert len(launcher.runs) == 1
+    finally:
+        other.close()
+
+
+def test_a_paused_or_unfit_standby_reads_nothing_between_cycles(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    active, _ = make(settings, store, clock, node_id="a")
+    active.tick()
+    store.set_flag(PAUSED, "now")
+    standby, _ = make(settings, store, clock, node_id="b")
+    standby.tick()
+    assert standby._poll_time() == float("inf")
+    store.set_flag(PAUSED, None)
+    standby.tick()
+    assert standby._poll_time() < float("inf")
+    standby.unfit_until = clock.now() + 60
+    assert standby._poll_time() == float("inf")
+
+
+def test_a_poll_that_gets_no_answer_waits_for_the_next_cycle(
+    settings: Settings, store: FlakyStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    active, _ = make(settings, store, clock, node_id="a")
+    active.tick()
+    standby, _ = make(settings, store, clock, node_id="b")
+    standby.tick()
+    store.broken = True
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        standby.poll_lease()
+    assert caplog.records == []  # the cycle says it, once, not every half second
+    assert standby._poll_time() == float("inf")
+    store.broken = False
+    standby.tick()
+    standby.standby_poll.cycle_ran()
+    assert standby._poll_time() < float("inf")

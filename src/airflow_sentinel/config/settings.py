@@ -45,6 +45,15 @@ KEYS: tuple[Key, ...] = (
         "Must satisfy 3 * renew_interval <= lease_ttl.",
     ),
     Key(
+        "standby_poll",
+        "float",
+        "0.5",
+        "Seconds between a standby's reads of the lease (one small read each), between its "
+        "cycles. A standby takes over lease_ttl after it first saw the lease's last change, "
+        "so a shorter poll sees that change sooner and takes over sooner after a fault. "
+        "Values above renew_interval mean renew_interval (no reads between cycles).",
+    ),
+    Key(
         "stop_timeout",
         "float",
         "5",
@@ -320,6 +329,7 @@ class Settings:
     scheduler_command: str
     lease_ttl: float
     renew_interval: float
+    standby_poll: float
     stop_timeout: float
     start_timeout: float
     max_restarts: int
@@ -477,6 +487,7 @@ def timing_problems(values: dict[str, Any]) -> list[str]:
     positive = (
         "lease_ttl",
         "renew_interval",
+        "standby_poll",
         "stop_timeout",
         "start_timeout",
         "heartbeat_grace",

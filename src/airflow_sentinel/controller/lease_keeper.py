@@ -29,6 +29,7 @@ class LeaseKeeper:
         self.lease: Lease | None = None
         # The store failed a call since the last renewal: see `renew_in_time`.
         self.store_failed = False
+        self.acquire_failed = False  # the last try to take the lease got no answer
         # Hears how long each renewal took and whether it held (the metrics' histogram).
         self.on_renewal: Callable[[float | None, bool], None] | None = None
 
@@ -81,11 +82,16 @@ class LeaseKeeper:
         self.lease = renewed
         return LeaseStatus.HELD
 
-    def acquire(self) -> Lease | None:
+    def acquire(self, quiet: bool = False) -> Lease | None:
+        """Take the lease if the store allows it now. A store error is logged (``quiet``:
+        only at DEBUG, for the reads between cycles) and noted in ``acquire_failed``."""
+        self.acquire_failed = False
         try:
             lease = self._store.try_acquire(SERVICE, self._instance, self._settings().lease_ttl)
         except MetastoreError as exc:
-            log.warning("cannot check the lease: %s", exc, extra={"epoch": None})
+            self.acquire_failed = True
+            level = logging.DEBUG if quiet else logging.WARNING
+            log.log(level, "cannot check the lease: %s", exc, extra={"epoch": None})
             return None
         if lease is not None:
             self.lease = lease

@@ -6,6 +6,7 @@ Scheduler exits arrive as events from the guard's pipe and trigger a cycle at on
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from enum import Enum
 
@@ -35,6 +36,7 @@ from airflow_sentinel.controller.published import (
 from airflow_sentinel.controller.registry import Registry
 from airflow_sentinel.controller.reload import merge_reload
 from airflow_sentinel.controller.scheduler import SupervisedScheduler
+from airflow_sentinel.controller.standby_poll import StandbyPoll
 from airflow_sentinel.controller.status_line import StatusLine
 from airflow_sentinel.controller.strays import StrayKeeper
 from airflow_sentinel.controller.supervisor import StartGate, Supervisor
@@ -108,6 +110,8 @@ class Controller:
         self._signals_installed = False
         self._ready = False  # the first cycle has run (READY told)
         self._tick_now = True
+        self._won_by_poll = False  # a poll took the lease: the cycle it triggers acts on it
+        self.standby_poll = StandbyPoll(clock, min(settings.standby_poll, settings.renew_interval))
         self._wakeup = Wakeup()
         self.events = ev.EventLog(store, settings.node_id, SERVICE, settings.event_retention, clock)
         # What others may read: the last cycle's view and the events (API, metrics, page).
@@ -183,11 +187,14 @@ class Controller:
             if self._tick_now or self.clock.now() >= self._wake_time(next_tick):
                 self._tick_now = False
                 self.tick()
+                self.standby_poll.cycle_ran()
                 next_tick = self.clock.now() + self.settings.renew_interval
                 if not self._ready:
                     self._ready = True
                     self.published.lifecycle(READY)
-            self._wait(self._wake_time(next_tick))
+            elif self._may_take_over() and self.clock.now() >= self._poll_time():
+                self.poll_lease()
+            self._wait(min(self._wake_time(next_tick), self._poll_time()))
         if self._stop_signal is not None:
             log.info("received %s: stopping", self._stop_signal)
         self.published.lifecycle(STOPPING)
@@ -226,6 +233,7 @@ class Controller:
         new, changed = merge_reload(self.settings, new)
         self.settings = new
         self.timing = Timing.from_settings(new)
+        self.standby_poll.every = min(new.standby_poll, new.renew_interval)
         self.scheduler.argv = new.scheduler_argv  # for the next start
         self.events.retention = new.event_retention
         self.status_line.interval = new.status_log_interval
@@ -247,6 +255,29 @@ class Controller:
             return next_tick
         return min(next_tick, self.timing.demote_at(self.lease.valid_until))
 
+    def _poll_time(self) -> float:
+        if self.standby_poll.failed or not self._may_take_over():
+            return math.inf
+        return self.standby_poll.due(self.store.takeover_due(SERVICE))
+
+    def _may_take_over(self) -> bool:
+        """A standby that its last cycle found free to lead (fit, not paused, held or in
+        conflict); only such a one reads the lease between cycles."""
+        if self.lease is not None or self.role is not Role.STANDBY:
+            return False
+        snapshot = self._snapshot(LeaseStatus.NONE)
+        return decide_leadership(snapshot, self.timing) is Leadership.ACQUIRE
+
+    def poll_lease(self) -> None:
+        """Between a standby's cycles: one read of the lease. A lease won is acted on at
+        once, by a cycle that reads the flags again before it starts anything."""
+        won = self.leases.acquire(quiet=True)
+        self.standby_poll.polled(failed=self.leases.acquire_failed)
+        if won is not None:
+            self._announce_takeover(won)
+            self._won_by_poll = True
+            self.request_cycle()
+
     def _wait(self, until: float) -> None:
         run = self.scheduler.run
         self._wakeup.sleep(
@@ -266,7 +297,12 @@ class Controller:
         self._kill_orphans()
         # The renewal comes first, and a store that failed is not asked again this cycle:
         # each failing call costs an operation timeout, and the demote deadline is near.
-        status = self._renew_in_time() if self.lease is not None else LeaseStatus.NONE
+        # A lease a poll has just taken needs no renewal yet.
+        won, self._won_by_poll = self._won_by_poll and self.lease is not None, False
+        if won:
+            status = LeaseStatus.HELD
+        else:
+            status = self._renew_in_time() if self.lease is not None else LeaseStatus.NONE
         reachable = status is not LeaseStatus.UNREACHABLE and self._read_flags()
         decision = decide_leadership(self._snapshot(status), self.timing)
         if decision is Leadership.ACQUIRE and reachable and self._acquire():
@@ -345,11 +381,14 @@ class Controller:
         lease = self.leases.acquire()
         if lease is None:
             return False
+        self._announce_takeover(lease)
+        return True
+
+    def _announce_takeover(self, lease: Lease) -> None:
         self.role = Role.ACTIVE
         # A takeover after a silence is a failover: worth a WARNING in the journal.
         level = logging.INFO if lease.silent_for is None else logging.WARNING
         self._emit(ev.BECAME_ACTIVE, describe_takeover(lease, self.settings.node_id), level)
-        return True
 
     def _become_standby(self) -> None:
         self.leases.drop()

@@ -135,6 +135,12 @@ class Metastore(ABC):
         moved it: the epoch moves by exactly one per change of holder.
         """
 
+    def takeover_due(self, service: str) -> float | None:
+        """When (on the clock given to the store) the lease that ``try_acquire`` last found
+        held by another node will have been unchanged for its TTL; None when none was. No
+        I/O: a standby looks again at that instant, instead of at its next poll."""
+        return None
+
     @abstractmethod
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend a held lease. ``None``: it is no longer this instance's (someone else's,

@@ -167,6 +167,10 @@ class BoundedMetastore(Metastore):
     def try_acquire(self, service: str, me: Instance, ttl: float) -> Lease | None:
         return self._call("acquire", lambda s: s.try_acquire(service, me, ttl))
 
+    def takeover_due(self, service: str) -> float | None:
+        store = self._store  # in memory: no call, no deadline; a fresh backend knows none
+        return None if store is None else store.takeover_due(service)
+
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         if self._key(lease) in self._maybe_handed_off:
             return None  # a release or transfer of it may still land

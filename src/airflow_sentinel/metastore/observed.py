@@ -4,6 +4,10 @@ A standby may take a lease held by another node only after it has seen the lease
 same state (holder, epoch, version) for the holder's TTL on its own monotonic clock. Every
 renewal changes the version, so the wait restarts with each renewal the standby sees. No
 host compares its time of day with another's: only clock rates matter.
+
+``due`` says when the state being watched will have been seen for its TTL, so that the
+standby can look again at that instant instead of at its next poll. Looking early is
+harmless: ``expired`` alone decides.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 class _Seen:
     state: Hashable
     since: float
+    ttl: float
 
 
 class ObservedExpiry:
@@ -26,9 +31,16 @@ class ObservedExpiry:
         """True once ``state`` has been seen unchanged for ``ttl``; a new state restarts."""
         seen = self._seen.get(service)
         if seen is None or seen.state != state:
-            self._seen[service] = _Seen(state, now)
+            self._seen[service] = _Seen(state, now, ttl)
             return False
+        if seen.ttl != ttl:
+            self._seen[service] = _Seen(state, seen.since, ttl)
         return now - seen.since >= ttl
+
+    def due(self, service: str) -> float | None:
+        """When the state last judged will have been seen unchanged for its TTL."""
+        seen = self._seen.get(service)
+        return None if seen is None else seen.since + seen.ttl
 
     def seen_for(self, service: str, state: Hashable, now: float) -> float | None:
         """How long ``state`` has been seen unchanged so far; None when it is new to us."""

@@ -320,6 +320,9 @@ class SqlMetastore(Metastore):
     def _reclaims(row: Any, me: Instance) -> bool:
         return bool(row.holder == me.node_id and me.may_reclaim(row.holder_instance))
 
+    def takeover_due(self, service: str) -> float | None:
+        return self._expiry.due(service)
+
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         sent = self._clock.now()
         changed = self._update_held(

@@ -381,6 +381,9 @@ class ZooKeeperMetastore(Metastore):
             self._held[lease.service] = _Held(written.version, held.session)
         return written
 
+    def takeover_due(self, service: str) -> float | None:
+        return self._expiry.due(service)
+
     def renew(self, lease: Lease, ttl: float) -> Lease | None:
         """A versioned write: standbys see the lease znode's version move."""
         sent = self._clock.now()
