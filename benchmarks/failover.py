@@ -17,6 +17,7 @@ is `POST /switchover` to the active node's API, which wakes both ends at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from airflow_sentinel.config.profiles import PROFILES as SHIPPED
@@ -45,6 +47,7 @@ PROFILES = {
 FAULTS = (
     "scheduler killed",
     "active controller killed",
+    "active node killed",
     "active controller frozen",
     "switchover",
     "switchover (API)",
@@ -86,6 +89,23 @@ def kill_controller(cluster: Cluster) -> float:
     active = cluster.running_on()[0]
     t0 = time.time()
     os.kill(cluster.pid_of(active), signal.SIGKILL)
+    took = new_start_after(cluster, t0)
+    cluster.processes[active].wait()
+    cluster.start(active)
+    standby_again(cluster, active)
+    return took
+
+
+def kill_node(cluster: Cluster) -> float:
+    """The controller, its guard and the scheduler killed in one instant, as when a host
+    dies: no one is left to give the lease back, so a standby waits out the TTL."""
+    active = cluster.running_on()[0]
+    controller = psutil.Process(cluster.pid_of(active))
+    everything = [controller, *controller.children(recursive=True)]
+    t0 = time.time()
+    for proc in everything:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
     took = new_start_after(cluster, t0)
     cluster.processes[active].wait()
     cluster.start(active)
@@ -140,7 +160,7 @@ def api_switchover(cluster: Cluster) -> float:
 ACTIONS: dict[str, Callable[[Cluster], float]] = dict(
     zip(
         FAULTS,
-        (kill_scheduler, kill_controller, freeze_controller, switchover, api_switchover),
+        (kill_scheduler, kill_controller, kill_node, freeze_controller, switchover, api_switchover),
         strict=True,
     )
 )

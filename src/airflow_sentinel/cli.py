@@ -189,6 +189,7 @@ def start(**flags: Any) -> None:
     """Run the controller for this node in the foreground (SIGTERM/SIGINT: stop cleanly)."""
     from airflow_sentinel.controller.health import JobTableProbe
     from airflow_sentinel.controller.loop import Controller
+    from airflow_sentinel.crash_release import MetastoreAccess
     from airflow_sentinel.fence.command import install_at_start
     from airflow_sentinel.logging_setup import configure_logging
     from airflow_sentinel.process.handle import GuardLauncher
@@ -203,7 +204,8 @@ def start(**flags: Any) -> None:
         settings.node_id, settings.log_level, settings.log_format, describe_token(instance.token)
     )
     host = host_identity()
-    with node_lock(settings), metastore_for(settings, op_timeout=settings.renew_interval) as store:
+    op = settings.renew_interval  # every metastore call ends within it
+    with node_lock(settings), metastore_for(settings, op_timeout=op) as store:
         probe = None
         airflow_cfg = load_airflow_config(Path(settings.airflow_home))
         airflow_db = airflow_cfg.sql_alchemy_conn()
@@ -217,7 +219,7 @@ def start(**flags: Any) -> None:
             settings,
             store,
             clock,
-            GuardLauncher(output),
+            GuardLauncher(output, MetastoreAccess(settings.metastore, op, settings.lease_ttl)),
             host,
             probe,
             start_gate=gate,

@@ -87,6 +87,24 @@ def test_the_store_says_when_the_observed_wait_ends_and_a_renewal_moves_it(
     assert b.takeover_due(SERVICE) is None  # its own lease: nothing to wait for
 
 
+def test_another_connection_may_give_a_lease_back_only_while_it_is_that_holders_epoch(
+    new_store: StoreFactory, clock: FakeClock
+) -> None:
+    """What the guard of a dead controller does (crash_release.py), from a connection (and
+    on ZooKeeper a session) of its own."""
+    holder, helper, standby = new_store(), new_store(), new_store()
+    held = holder.try_acquire(SERVICE, live("a"), TTL)
+    assert held is not None
+    assert not helper.release(replace(held, instance="another-instance"))
+    assert not helper.release(replace(held, epoch=held.epoch + 1))
+    assert helper.release(held)
+    taken = standby.try_acquire(SERVICE, live("b"), TTL)  # free: no wait at all
+    assert taken is not None and (taken.holder, taken.epoch) == ("b", held.epoch + 1)
+    assert not new_store().release(held)  # a newer epoch is never given back
+    record = standby.read_lease(SERVICE)
+    assert record is not None and record.holder == "b"
+
+
 def test_a_newcomer_waits_a_full_ttl_even_for_a_long_dead_holder(
     new_store: StoreFactory, clock: FakeClock
 ) -> None:

@@ -45,17 +45,43 @@ def assert_no_overlap(cluster: Cluster) -> None:
     assert cluster.overlaps() == [], cluster.probe_lines()
 
 
-def test_kill_9_of_the_active_controller_leaves_nothing_behind_and_fails_over(
+def takeover_of(cluster: Cluster, node: str) -> str:
+    """How ``node`` says it took the lease (the became_active event's detail)."""
+    found = [
+        e.detail
+        for e in cluster.store.events(200)
+        if (e.node_id, e.kind) == (node, "became_active")
+    ]
+    assert found, f"{node} never became active"
+    return found[0]
+
+
+def test_kill_9_of_the_active_controller_leaves_nothing_behind_and_fails_over_at_once(
     cluster: Cluster,
 ) -> None:
+    # A lease far longer than the test waits: only the lease given back lets b in.
+    cluster.settings |= {"lease_ttl": "60", "renew_interval": "2"}
     first = start_three(cluster)
     old_probes = cluster.all_probe_processes()  # the scheduler and its child
     os.kill(cluster.pid_of(first), signal.SIGKILL)
-    # Its guard sees the controller's pipe close and kills the scheduler and the child.
+    # Its guard sees the controller's pipe close and kills the scheduler and the child,
+    # then gives the lease back: a standby takes it without waiting out the TTL.
     _gone, alive = psutil.wait_procs(old_probes, timeout=10)
     assert alive == []
-    cluster.wait_for_one_scheduler(timeout=30, not_on=first)
-    assert cluster.epoch() >= 2
+    second = cluster.wait_for_one_scheduler(timeout=30, not_on=first)
+    assert cluster.epoch() == 2
+    assert "(it was free)" in takeover_of(cluster, second)
+    assert_no_overlap(cluster)
+
+
+def test_a_node_that_dies_whole_leaves_its_lease_to_expire(cluster: Cluster) -> None:
+    first = start_three(cluster)
+    controller = psutil.Process(cluster.pid_of(first))
+    everything = [controller, *controller.children(recursive=True)]
+    for proc in everything:  # controller, guard and scheduler in one instant: a dead host
+        proc.kill()
+    second = cluster.wait_for_one_scheduler(timeout=30, not_on=first)
+    assert "of silence" in takeover_of(cluster, second)
     assert_no_overlap(cluster)
 
 
@@ -76,6 +102,8 @@ def test_a_frozen_active_controller_is_fenced_before_another_node_takes_over(
     assert_no_overlap(cluster)
     kinds = [e.kind for e in cluster.store.events(200) if e.node_id == first]
     assert "scheduler_fenced" in kinds or "demoted" in kinds
+    # A frozen controller's guard never gives the lease back: it was waited out.
+    assert "of silence" in takeover_of(cluster, second)
 
 
 def test_a_killed_scheduler_is_restarted_on_the_same_node(cluster: Cluster) -> None:

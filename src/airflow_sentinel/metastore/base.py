@@ -148,7 +148,9 @@ class Metastore(ABC):
 
     @abstractmethod
     def release(self, lease: Lease) -> bool:
-        """Give the lease up so a standby may take it at once. Call only with nothing running."""
+        """Give the lease up so a standby may take it at once. Call only with nothing running.
+        Only if the lease still names ``lease``'s holder, instance and epoch; any connection
+        may do it (the guard of a dead controller does, through crash_release.py)."""
 
     @abstractmethod
     def transfer(self, lease: Lease, to_node: str) -> bool:

@@ -359,15 +359,18 @@ class ZooKeeperMetastore(Metastore):
         with contextlib.suppress(NoNodeError):
             self._wait(self._client.delete_async(path))
 
-    def _update_held(self, lease: Lease, changes: dict[str, Any]) -> ZnodeStat | None:
-        """Write the lease znode if this lease is still ours in this ZooKeeper session."""
+    def _update_held(
+        self, lease: Lease, changes: dict[str, Any], another_session: bool = False
+    ) -> ZnodeStat | None:
+        """Write the lease znode if this lease is still ours in this ZooKeeper session
+        (``another_session``: if the znode still names it, whichever session took it)."""
         held = self._held.get(lease.service)
-        if held is None:
+        if held is None and not another_session:
             return None
         session = self._my_session()
         if session == -1:  # SUSPENDED: the session may still live; say so, do not give up
             raise MetastoreError(f"metastore {self.description}: not connected")
-        if held.session != session:
+        if held is not None and held.session != session:
             return None  # LOST: the session expired; this node is a standby now
         record, stat = self._read_record(lease.service)
         if (record["holder"], int(record["epoch"]), record.get("instance")) != (
@@ -377,7 +380,7 @@ class ZooKeeperMetastore(Metastore):
         ):
             return None
         written = self._write_record(lease.service, {**record, **changes}, stat.version)
-        if written is not None:
+        if written is not None and held is not None:
             self._held[lease.service] = _Held(written.version, held.session)
         return written
 
@@ -392,6 +395,12 @@ class ZooKeeperMetastore(Metastore):
         return replace(lease, valid_until=sent + ttl)
 
     def release(self, lease: Lease) -> bool:
+        """Also for a lease another session took: a dead controller's, given back by its
+        guard (crash_release.py); the compare-and-set on holder, instance and epoch holds."""
+        if lease.service not in self._held:
+            released = {"holder": None, "instance": None}
+            # Its holder znode goes with the dead session; it is not ours to delete.
+            return self._update_held(lease, released, another_session=True) is not None
         if self._update_held(lease, {"holder": None, "instance": None}) is None:
             return False
         self._held.pop(lease.service, None)

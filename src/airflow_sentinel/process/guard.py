@@ -8,13 +8,18 @@ happens, without needing the controller:
 * the controller dies (its end of our stdin pipe closes);
 * the controller asks (``stop GRACE``), or the guard gets SIGTERM.
 
+When the controller died (and only then: a frozen one keeps the pipe open) and nothing of
+the run is left, the guard starts a helper that gives the lease back, if the controller
+told it how (``release JSON``); see crash_release.py.
+
 It is a child subreaper, so descendants that double-fork or change process group still
 re-parent to it and are found. The scheduler gets PDEATHSIG=SIGKILL, so even a guard
 killed with SIGKILL takes its scheduler with it.
 
-Protocol: the controller writes ``deadline T`` (absolute CLOCK_BOOTTIME seconds) and
-``stop GRACE`` lines to stdin. The guard writes ``started PID``, then ``exited CODE`` or
-``fenced`` or ``refused`` to stdout, and exits. The scheduler's own output goes to stderr.
+Protocol: the controller writes ``deadline T`` (absolute CLOCK_BOOTTIME seconds),
+``stop GRACE`` and ``release JSON`` lines to stdin. The guard writes ``started PID``, then
+``exited CODE`` or ``fenced`` or ``refused`` to stdout, and exits. The scheduler's own
+output goes to stderr.
 
 Ownership: the guard's command line names the run's owner (``--owner=NODE_ID --instance=TOKEN
 --airflow-home=DIR --airflow-config=FILE``). A guard is an ancestor of every process
@@ -42,6 +47,7 @@ from airflow_sentinel.process.linux import become_subreaper, die_with_parent
 from airflow_sentinel.process.tree import is_alive, send, wait_gone
 
 KILL_WAIT = 5.0
+RELEASE_MODULE = "airflow_sentinel.crash_release"  # imported by the helper, never by us
 # A run that would have less than this before its fence is not started at all.
 MIN_RUNWAY = 0.5
 MODULE = "airflow_sentinel.process.guard"
@@ -90,6 +96,9 @@ class GuardState:
     exit_code: int | None = None
     stop_by: float | None = None  # when a requested stop turns into SIGKILL
     buffer: bytes = field(default=b"")
+    release: str | None = None  # how to give the lease back once the controller died
+    controller_gone: bool = False  # our stdin closed: the controller process is dead
+    all_dead: bool = False  # the last sweep found no process of the run left
 
 
 def report(message: str) -> None:
@@ -113,16 +122,19 @@ def reap(state: GuardState) -> None:
 
 
 def kill_descendants(state: GuardState) -> None:
-    """SIGKILL every descendant until none is left (bounded). New orphans re-parent to us."""
+    """SIGKILL every descendant until none is left (bounded). New orphans re-parent to us.
+    ``state.all_dead`` says whether none was left in the end."""
     me = psutil.Process()
     give_up = boottime() + KILL_WAIT
+    state.all_dead = False
     while boottime() < give_up:
         reap(state)
         try:
             alive = [p for p in me.children(recursive=True) if is_alive(p)]
         except psutil.Error:
-            alive = []
+            return  # cannot tell: not proven dead
         if not alive:
+            state.all_dead = state.exit_code is not None
             return
         for proc in alive:
             send(proc.pid, signal.SIGKILL)
@@ -138,6 +150,9 @@ def begin_stop(state: GuardState, grace: float) -> None:
 
 def handle_line(state: GuardState, line: str) -> None:
     verb, _, arg = line.strip().partition(" ")
+    if verb == "release":
+        state.release = arg or None
+        return
     try:
         value = float(arg)
     except ValueError:
@@ -188,6 +203,7 @@ def supervise(state: GuardState, stdin_fd: int) -> str:
                     return f"exited {state.exit_code}"
             elif controller_alive and not read_commands(state, stdin_fd):
                 controller_alive = False
+                state.controller_gone = True
                 selector.unregister(stdin_fd)
                 begin_stop(state, min(state.eof_grace, state.deadline - boottime()))
 
@@ -225,7 +241,33 @@ def run(argv: list[str]) -> int:
     outcome = supervise(state, sys.stdin.fileno())
     child.returncode = state.exit_code if state.exit_code is not None else -9
     report(outcome)
+    if state.controller_gone and state.all_dead and state.release is not None:
+        give_lease_back(state.release)
     return 0
+
+
+def give_lease_back(request: str) -> None:
+    """Start the helper that releases the dead controller's lease; do not wait for it (it
+    is bounded, and a restarted controller must not find this guard still there)."""
+    print(
+        "airflow-sentinel guard: the controller died and the run is dead: giving the lease back",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", RELEASE_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=sys.stderr.fileno(),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        print(f"cannot give the lease back: {exc.strerror}", file=sys.stderr)
+        return
+    assert helper.stdin is not None
+    with contextlib.suppress(OSError):
+        helper.stdin.write(f"{request}\n".encode())
+        helper.stdin.close()
 
 
 if __name__ == "__main__":

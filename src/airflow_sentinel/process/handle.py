@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from airflow_sentinel.crash_release import MetastoreAccess, ReleaseRequest
 from airflow_sentinel.process.guard import MODULE as GUARD_MODULE
 from airflow_sentinel.process.guard import RunOwner
 
@@ -96,6 +97,10 @@ class GuardedRun:
     def stop(self, grace: float) -> None:
         self._send(f"stop {grace:.3f}")
 
+    def send_release(self, request: str) -> None:
+        """How the guard gives the lease back if we die; through the pipe only (secret)."""
+        self._send(f"release {request}")
+
     def poll(self) -> RunEnded | None:
         if self._ended is not None:
             return self._ended
@@ -172,8 +177,10 @@ class GuardLauncher:
     ``output``: the file descriptor that gets the scheduler's own output (and the guard's
     few lines); None: the controller's standard error."""
 
-    def __init__(self, output: int | None = None) -> None:
+    def __init__(self, output: int | None = None, access: MetastoreAccess | None = None) -> None:
         self.output = output
+        # Given to each guard, so that it can give the lease back if the controller dies.
+        self.access = access
 
     def launch(
         self,
@@ -192,4 +199,9 @@ class GuardLauncher:
             env=dict(env),
             start_new_session=True,
         )
-        return GuardedRun(process)
+        run = GuardedRun(process)
+        epoch = env.get(EPOCH_ENV, "")
+        if self.access is not None and owner is not None and epoch.isdigit():
+            request = ReleaseRequest(self.access, owner.node_id, owner.instance, int(epoch))
+            run.send_release(request.to_line())
+        return run
