@@ -40,7 +40,8 @@ from tests.support.backends import fresh_metastore_url, selected_backends
 from tests.support.cluster import FAST, Cluster, running_cluster, wait_until
 
 PROFILES = {
-    "default": {"lease_ttl": "15", "renew_interval": "3", "stop_timeout": "5"},
+    "default": {"lease_ttl": "10", "renew_interval": "2", "stop_timeout": "5"},
+    "old default": {"lease_ttl": "15", "renew_interval": "3", "stop_timeout": "5"},
     "fast": {k: v for k, v in SHIPPED["fast"].items() if k != "cooldown"},
     "lab": {k: v for k, v in SHIPPED["lab"].items() if k != "cooldown"},
 }

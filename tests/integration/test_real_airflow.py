@@ -228,6 +228,12 @@ def test_a_real_scheduler_is_restarted_after_a_kill_and_moved_after_a_controller
         assert third.environ()["AIRFLOW_SENTINEL_NODE_ID"] == "b"
         wait_until(lambda: fresh_heartbeat_since(home, moved_at), 90, "b's scheduler heartbeat")
         wait_until(lambda: active_with_heartbeat(cluster, "b", 30), 90, "/active on b")
+        # a's guard gave the lease back once Airflow's processes were dead: no TTL wait.
+        events = cluster.store.events(200)
+        taken = [e.detail for e in events if (e.node_id, e.kind) == ("b", "became_active")]
+        assert taken and "(it was free)" in taken[0]
+        output = home / "logs" / "sentinel-scheduler.log"
+        assert "gave the lease of epoch 1 back: its controller died" in output.read_text()
 
         # 3. Stop the last controller cleanly: nothing of Airflow is left running.
         workers = wait_until(lambda: airflow_children_of(third), 60, "b's workers")

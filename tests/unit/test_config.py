@@ -63,8 +63,8 @@ def test_defaults_without_any_configuration(tmp_path: Path) -> None:
 
     assert settings.scheduler_command == "airflow scheduler"
     assert settings.scheduler_argv == ["airflow", "scheduler"]
-    assert settings.lease_ttl == 15.0
-    assert settings.renew_interval == 3.0
+    assert settings.lease_ttl == 10.0
+    assert settings.renew_interval == 2.0
     assert settings.stop_timeout == 5.0
     assert settings.start_timeout == 60.0
     assert settings.max_restarts == 3
@@ -176,7 +176,7 @@ def test_airflow_cfg_overrides_defaults(tmp_path: Path) -> None:
     assert settings.health_check == "heartbeat"
     assert settings.max_restarts == 5
     assert settings.scheduler_argv == ["/opt/af/bin/airflow", "scheduler", "--skip-serve-logs"]
-    assert settings.renew_interval == 3.0  # not given: default
+    assert settings.renew_interval == 2.0  # not given: default
 
 
 def test_environment_overrides_airflow_cfg(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_flag_set_to_none_means_not_given(tmp_path: Path) -> None:
         environ=sentinel_env(lease_ttl="25"),
     )
     assert settings.lease_ttl == 25.0
-    assert settings.renew_interval == 3.0
+    assert settings.renew_interval == 2.0
 
 
 def test_layers_combine_key_by_key(tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_explicit_environ_is_used_instead_of_the_process_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW__SENTINEL__LEASE_TTL", "abc")
-    assert load(tmp_path, environ={}).lease_ttl == 15.0
+    assert load(tmp_path, environ={}).lease_ttl == 10.0
 
 
 def test_process_environment_is_used_when_environ_is_not_given(
@@ -251,7 +251,7 @@ def test_key_names_in_airflow_cfg_are_case_insensitive(tmp_path: Path) -> None:
 
 def test_other_airflow_variables_are_not_sentinel_keys(tmp_path: Path) -> None:
     environ = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW_HOME": str(tmp_path)}
-    assert load(tmp_path, environ=environ).lease_ttl == 15.0
+    assert load(tmp_path, environ=environ).lease_ttl == 10.0
 
 
 # -- metastore default: Airflow's own database ----------------------------------------------
@@ -480,7 +480,8 @@ def test_renew_interval_too_long_for_the_lease(tmp_path: Path) -> None:
 
 def test_lease_ttl_below_the_fencing_budget(tmp_path: Path) -> None:
     # 3 * 5 <= 15 holds, but 2 * 5 + 5 + 1 = 16 > 15.
-    problems = problems_of(tmp_path, environ=sentinel_env(renew_interval="5", stop_timeout="5"))
+    environ = sentinel_env(lease_ttl="15", renew_interval="5", stop_timeout="5")
+    problems = problems_of(tmp_path, environ=environ)
     assert len(problems) == 1, problems
     assert problems[0].startswith("lease_ttl:")
     assert "stop_timeout" in problems[0]
@@ -733,7 +734,7 @@ def test_missing_airflow_config_file(tmp_path: Path) -> None:
 
 def test_missing_default_airflow_cfg_means_the_defaults(tmp_path: Path) -> None:
     # As Airflow does: an AIRFLOW_HOME without airflow.cfg runs on the defaults.
-    assert load(tmp_path).lease_ttl == 15.0
+    assert load(tmp_path).lease_ttl == 10.0
 
 
 def test_airflow_cfg_that_is_a_dangling_symlink(tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def test_loading_settings_afterwards_gives_the_defaults(tmp_path: Path) -> None:
     add_sentinel_section(config_at(tmp_path))
 
     assert load_settings(None, {}, tmp_path) == before
-    assert before.lease_ttl == 15.0
+    assert before.lease_ttl == 10.0
 
 
 def test_uncommenting_every_documented_default_gives_the_same_settings(tmp_path: Path) -> None:

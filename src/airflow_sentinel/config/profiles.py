@@ -1,5 +1,9 @@
 """Named timing profiles, for the documentation, the soak and the benchmark.
 
+``default`` is the shipped settings: lease_ttl 10, renew_interval 2, stop_timeout 5, the
+shortest lease the timing invariants allow with a 2 s renewal and a 5 s stop
+(2 * 2 + 5 + 1 <= 10), so a dead node is replaced after about 10 s (see the README's
+"Choosing the default" for the soak that found no false failover on a busy machine).
 ``fast`` is the tightest profile that lets a real Airflow scheduler stop gracefully: a
 real one needs 1 to 3 s after SIGTERM (it finishes its loop, stops its executor and its
 DAG processor; measured on a busy 2-core machine: Airflow 3.3.2 1.0 to 1.2 s, 2.10.5 1.8
@@ -28,7 +32,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "cooldown": "60",
     },
 }
-DEFAULT_TTL = 15.0
+DEFAULT_TTL = 10.0
 
 
 def lease_ttl(profile: str) -> float:

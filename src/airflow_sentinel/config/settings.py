@@ -34,13 +34,13 @@ KEYS: tuple[Key, ...] = (
     Key(
         "lease_ttl",
         "float",
-        "15",
+        "10",
         "Seconds a standby waits, after it last saw the lease change, before it takes over.",
     ),
     Key(
         "renew_interval",
         "float",
-        "3",
+        "2",
         "Seconds between lease renewals (active) and lease checks (standby). "
         "Must satisfy 3 * renew_interval <= lease_ttl.",
     ),
