@@ -82,7 +82,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from airflow_sentinel.config.settings import KEYS
 from airflow_sentinel.soak.servers import free_port
 from tests.support.backends import ALL_BACKENDS, MYSQL_URL, POSTGRES_URL
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import Cluster, running_cluster, wait_until
 from tests.support.zookeeper import Ensemble, free_port_block
 
 DEFAULTS = {key.name: key.default for key in KEYS}
@@ -407,14 +407,8 @@ class CostCluster(Cluster):
 def cost_cluster(root: Path, urls: dict[str, str]) -> Iterator[CostCluster]:
     cluster = CostCluster(root, urls[NODES[0]], settings={}, node_urls=urls)
     cluster.api_ports = {node: free_port("127.0.0.1") for node in NODES}
-    (root / "home").mkdir(parents=True, exist_ok=True)
-    try:
+    with running_cluster(root, cluster.metastore_url, cluster):
         yield cluster
-    except BaseException:
-        sys.stderr.write(cluster.logs())
-        raise
-    finally:
-        cluster.kill_everything()
 
 
 def http_get(cluster: Cluster, node: str, path: str) -> tuple[int, str]:

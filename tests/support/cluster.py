@@ -231,8 +231,11 @@ def _quiet() -> Iterator[None]:
 
 
 @contextmanager
-def running_cluster(root: Path, metastore_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(root, metastore_url)
+def running_cluster(
+    root: Path, metastore_url: str, cluster: Cluster | None = None
+) -> Iterator[Cluster]:
+    """``cluster``: one of a subclass, built by the caller; killed whole at the end too."""
+    cluster = cluster or Cluster(root, metastore_url)
     (root / "home").mkdir(parents=True, exist_ok=True)
     try:
         yield cluster
