@@ -554,3 +554,25 @@ def test_a_poll_that_gets_no_answer_waits_for_the_next_cycle(
     standby.tick()
     standby.standby_poll.cycle_ran()
     assert standby._poll_time() < float("inf")
+
+
+def test_a_standby_that_lost_the_store_renews_the_lease_it_takes_once_it_answers(
+    settings: Settings, store: FlakyStore, clock: FakeClock
+) -> None:
+    # The shipped timing leaves no room for a late renewal (T - S - M = 2R): the store's
+    # failures while standing by must not count against the first lease it then takes.
+    controller, launcher = make(settings, store, clock, lease_ttl=10.0, renew_interval=2.0)
+    store.failing = {"flags"}  # cut off: a standby's cycle fails
+    controller.tick()
+    assert controller.lease is None
+    store.failing = set()
+    clock.advance(2)
+    controller.tick()  # the store answers again: it takes the free lease
+    assert controller.lease is not None
+    for _ in range(5):
+        store.calls.clear()
+        clock.advance(2.05)  # the cycle itself took 50 ms, as it does
+        controller.tick()
+        assert "renew" in store.calls
+        assert role_of(controller) is Role.ACTIVE
+    assert launcher.last.stops == []

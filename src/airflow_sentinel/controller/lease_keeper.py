@@ -94,7 +94,10 @@ class LeaseKeeper:
             log.log(level, "cannot check the lease: %s", exc, extra={"epoch": None})
             return None
         if lease is not None:
+            # The store has just answered, as at a renewal: failures from before (while
+            # a standby) must not refuse this lease's first renewal.
             self.lease = lease
+            self.store_failed = False
         return lease
 
     def release(self) -> bool:
