@@ -5,9 +5,7 @@ its own."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ def test_json_lines_the_takeover_the_pid_and_the_status_of_both_roles(cluster: C
     standby = wait_until(lambda: find(cluster, "b", "status: standby"), 30, "b's status line")
     assert standby["detail"] == "status: standby behind a (epoch 1)"
 
-    os.kill(cluster.pid_of("a"), signal.SIGKILL)  # a silent death: b takes over after a TTL
+    cluster.kill_node("a")  # a silent death: b takes over after a TTL
     cluster.wait_for_one_scheduler(on="b", timeout=30)
     took = wait_until(lambda: find(cluster, "b", "took the scheduler lease"), 10, "the takeover")
     assert took["event"] == "became_active" and took["level"] == "WARNING"
