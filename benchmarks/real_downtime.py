@@ -64,8 +64,9 @@ Run it under the heavy-work lock:
     flock /tmp/sentinel-heavy.lock .venv/bin/python -m benchmarks.real_downtime \\
         --trials 1 --backends mariadb --profile fast --faults "scheduler killed,switchover"
 
-`--logs DIR` keeps the controllers' and schedulers' logs (DIR/BACKEND/*.log); `--json FILE`
-the raw figures of every trial.
+Ctrl-C or SIGTERM stops it cleanly (every process, group and database removed) and still
+prints the tables of what was measured. `--logs DIR` keeps the controllers' and the
+schedulers' logs (DIR/BACKEND/*.log); `--json FILE` the raw figures of every trial.
 """
 
 from __future__ import annotations
@@ -109,7 +110,6 @@ from tests.support.fenced_airflow import (
     SchedulerJob,
     Site,
     airflow_site,
-    kill_tree,
     scheduler_jobs,
     start_node,
 )
@@ -387,7 +387,9 @@ class World:
             result.raise_began_s = raised[-1].at - result.raise_ms / 1000 - t0
 
     # -- a profile: both controllers, every fault, then stopped ----------------------------
-    def run_profile(self, profile: str, faults: tuple[str, ...], trials: int) -> list[Trial]:
+    def run_profile(
+        self, profile: str, faults: tuple[str, ...], trials: int, results: list[Trial]
+    ) -> None:
         self.profile = profile
         self.cluster.settings = dict(PROFILES[profile])
         after = self.watch.newest()
@@ -396,7 +398,6 @@ class World:
             self.start(node)
         self.watch.first_new(after, t0)  # the first start: not measured
         print(f"{self.label}, {profile}: controllers up", flush=True)
-        results = []
         try:
             for number in range(1, trials + 1):
                 for name in faults:
@@ -407,12 +408,11 @@ class World:
                         result.error = f"profile given up: {exc}"[:300]
                         results.append(result)
                         print(line(result), flush=True)
-                        return results
+                        return
                     results.append(result)
                     print(line(result), flush=True)
         finally:
             self.stop_cluster()
-        return results
 
     def stop_cluster(self) -> None:
         for process in self.cluster.processes.values():
@@ -427,12 +427,11 @@ class World:
         )
 
     # -- the floor ---------------------------------------------------------------------------
-    def floor(self, trials: int, warmup: int) -> list[Trial]:
+    def floor(self, trials: int, warmup: int, results: list[Trial]) -> None:
         proxy = self.proxies["floor"]
         env = self.site.env()
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.proxied_url("floor")
         log = self.cluster.root / "floor-scheduler.log"
-        results = []
         for number in range(1 - warmup, trials + 1):
             result = Trial(self.site.version, self.site.backend, "-", FLOOR, number)
             after = self.watch.newest()
@@ -461,13 +460,12 @@ class World:
                     # its scheduler): every measured start then finds it there.
                     wait_until(self.dag_parsed, SLOW, "the DAG to be parsed", 0.5)
             finally:
-                kill_tree(proc.pid)
+                kill_session(proc.pid)
                 proc.wait()
             if number >= 1:
                 results.append(result)
                 print(line(result), flush=True)
         proxy.heal()
-        return results
 
     def dag_parsed(self) -> bool:
         with self.watch.engine.connect() as conn:
@@ -490,6 +488,28 @@ class World:
 
         wait_until(healthy, SLOW, "the api-server", every=1)
         wait_until(self.dag_parsed, SLOW, "the dag-processor to parse the DAG", every=0.5)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` until none is left: a scheduler killed
+    while it forks its executor's workers leaves workers that its tree no longer shows."""
+
+    def members() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        return found
+
+    def gone() -> bool:
+        alive = members()
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return not alive
+
+    wait_until(gone, 30, f"every process of session {sid} to be gone", every=0.1)
 
 
 @contextlib.contextmanager
@@ -528,19 +548,20 @@ def run_backend(
     trials: int,
     warmup: int,
     logs: Path | None,
-) -> list[Trial]:
-    results: list[Trial] = []
+    results: list[Trial],
+) -> None:
+    """One installation: the floor, then each profile; every trial appended to ``results``
+    as it ends (an interrupted run keeps what it measured)."""
     with tempfile.TemporaryDirectory(prefix="sentinel-real-downtime-") as tmp:
         try:
             with world_of(backend, Path(tmp)) as world:
                 world.wait_for_services()
-                results += world.floor(trials, warmup)
+                world.floor(trials, warmup, results)
                 for profile in profiles:
-                    results += world.run_profile(profile, faults, trials)
+                    world.run_profile(profile, faults, trials, results)
         finally:
             if logs is not None:
                 keep_logs(Path(tmp), logs / backend)
-    return results
 
 
 def keep_logs(root: Path, target: Path) -> None:
@@ -678,8 +699,13 @@ def main() -> int:
         print(f"profile {profile}: " + ", ".join(f"{k} {v}" for k, v in timing(profile).items()))
     began = time.monotonic()
     results: list[Trial] = []
-    for backend in backends:
-        results += run_backend(backend, profiles, faults, args.trials, args.warmup, args.logs)
+    interrupted = False
+    try:
+        for backend in backends:
+            run_backend(backend, profiles, faults, args.trials, args.warmup, args.logs, results)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: everything is cleaned up by now
+        interrupted = True
+        print(f"\nINTERRUPTED ({exc or 'Ctrl-C'}): the tables hold what was measured until then")
     print()
     print(downtime_table(results))
     print()
@@ -691,7 +717,7 @@ def main() -> int:
     if args.json:
         raw: dict[str, Any] = {"trials": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(raw, indent=2))
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
